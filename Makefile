@@ -1,0 +1,44 @@
+# The two commands of the README:
+#   make run    set up this machine (packages, binaries, base template) and start `cocoon server`
+#   make test   set up what the tests need and run every test suite (what .ci/run calls)
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+BIN := bin
+DATA_DIR ?= /var/lib/cocoon
+GOFLAGS_STATIC := CGO_ENABLED=0
+
+.PHONY: all build envd cocoon setup run test test-go test-e2e generate vet bench clean
+
+all: build
+
+build: envd cocoon
+
+envd:
+	$(GOFLAGS_STATIC) go build -trimpath -ldflags='-s -w' -o $(BIN)/envd ./cmd/envd
+
+cocoon:
+	go build -trimpath -o $(BIN)/cocoon ./cmd/cocoon
+
+# setup installs the host packages and tools Cocoon needs (idempotent).
+setup:
+	./scripts/setup.sh
+
+run: setup build
+	$(BIN)/cocoon template build base --data-dir $(DATA_DIR)
+	$(BIN)/cocoon server --data-dir $(DATA_DIR)
+
+test: setup build
+	./scripts/test.sh
+
+generate:
+	./scripts/generate.sh
+
+vet:
+	go vet ./...
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+
+bench: build
+	$(BIN)/cocoon bench --data-dir $(DATA_DIR)
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,51 @@
+// Package network manages sandbox network slots: one network namespace per
+// sandbox, joined to the host by a veth pair, holding the TAP device of a
+// microVM or the gVisor sandbox itself, with NAT-ed and filtered egress.
+package network
+
+import "net/netip"
+
+// Fixed addresses seen by every microVM guest. They are the same in every
+// slot so that any snapshot restores into any slot.
+var (
+	// GuestIP is the address of a microVM guest inside its slot.
+	GuestIP = netip.MustParseAddr("169.254.0.21")
+	// GuestGateway is the slot-side address of the TAP device.
+	GuestGateway = netip.MustParseAddr("169.254.0.22")
+)
+
+// GuestPrefixLen is the prefix length of the guest's link (a /30).
+const GuestPrefixLen = 30
+
+// Slot is one network namespace prepared for a sandbox.
+//
+// The host reaches any port of the sandbox at Addr: for a microVM the slot
+// DNATs Addr to GuestIP; for gVisor, which takes over the namespace's veth
+// addresses, Addr is the sandbox's own address.
+type Slot struct {
+	// Index is unique per node; it derives the names and addresses below.
+	Index int
+	// Netns is the name of the namespace (as in `ip netns`).
+	Netns string
+	// NetnsPath is the path of the namespace handle, e.g. /var/run/netns/<Netns>.
+	NetnsPath string
+	// Tap is the name of the TAP device inside the namespace (microVMs).
+	Tap string
+	// VethHost is the host side of the veth pair, in the root namespace.
+	VethHost string
+	// VethSlot is the namespace side of the veth pair.
+	VethSlot string
+	// HostAddr is the host side's address (the gateway of a gVisor sandbox).
+	HostAddr netip.Prefix
+	// Addr is where the host reaches the sandbox's ports.
+	Addr netip.Prefix
+}
+
+// Egress is the per-sandbox outbound policy.
+type Egress struct {
+	// Disabled drops all outbound traffic from the sandbox.
+	Disabled bool
+	// AllowOut and DenyOut are CIDRs (or bare IPs); allow wins over deny.
+	AllowOut []string
+	DenyOut  []string
+}
