@@ -100,3 +100,12 @@ type Instance interface {
 	// ConsoleLog is the path of the guest's console / runtime log.
 	ConsoleLog() string
 }
+
+// Reconciler is implemented by drivers that can find runtime processes and
+// state left behind by a crashed orchestrator (e.g. QEMU processes whose
+// command line names this data dir, or runsc containers in its state root).
+// The orchestrator calls it at start, after re-adopting what its records
+// name; the driver kills and removes everything for which keep is false.
+type Reconciler interface {
+	Reconcile(ctx context.Context, keep func(sandboxID string) bool) error
+}

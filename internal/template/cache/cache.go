@@ -74,26 +74,26 @@ func Ensure(ctx context.Context, root, kind, key string, build BuildFunc) (dir s
 	// Leftovers of a crashed build of this key are garbage: we hold the lock.
 	old, _ := filepath.Glob(filepath.Join(parent, ".tmp-"+key+"-*"))
 	for _, o := range old {
-		os.RemoveAll(o)
+		removeAll(o)
 	}
 	tmp, err := os.MkdirTemp(parent, ".tmp-"+key+"-")
 	if err != nil {
 		return "", false, fmt.Errorf("cache: %w", err)
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
-		os.RemoveAll(tmp)
+		removeAll(tmp)
 		return "", false, fmt.Errorf("cache: %w", err)
 	}
 	if err := build(ctx, tmp); err != nil {
-		os.RemoveAll(tmp)
+		removeAll(tmp)
 		return "", false, fmt.Errorf("build %s/%s: %w", kind, key, err)
 	}
 	if err := syncDir(tmp); err != nil {
-		os.RemoveAll(tmp)
+		removeAll(tmp)
 		return "", false, err
 	}
 	if err := os.Rename(tmp, dir); err != nil {
-		os.RemoveAll(tmp)
+		removeAll(tmp)
 		return "", false, fmt.Errorf("cache: %w", err)
 	}
 	if err := syncDir(parent); err != nil {

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cocoon-run/cocoon/internal/template/base"
+)
+
+// newTemplateCmd is `cocoon template`: building and managing templates.
+func newTemplateCmd(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "template",
+		Short: "Build and manage sandbox templates",
+	}
+	cmd.AddCommand(newTemplateBuildCmd(g))
+	return cmd
+}
+
+func newTemplateBuildCmd(g *globalFlags) *cobra.Command {
+	opts := base.Options{}
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "build base",
+		Short: "Build the default template 'base' (Debian kernel, initramfs, debootstrapped rootfs with envd)",
+		Long: `Build the default template 'base': Debian's cloud kernel, an initramfs,
+and a Debian root filesystem (debootstrap from the host's apt mirror) with envd,
+as an ext4 image and a directory, under <data-dir>/templates/base/<build id>/.
+Every artifact is cached under <data-dir>/cache, so a rebuild with the same
+inputs takes seconds. Needs root, debootstrap, e2fsprogs and busybox-static.`,
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{base.Name},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != base.Name {
+				return fmt.Errorf("unknown template %q: only %q can be built here", args[0], base.Name)
+			}
+			if opts.EnvdPath == "" {
+				p, err := defaultEnvd()
+				if err != nil {
+					return err
+				}
+				opts.EnvdPath = p
+			}
+			opts.DataDir = g.dataDir
+			errOut := cmd.ErrOrStderr()
+			start := time.Now()
+			opts.Progress = func(step string, percent int) {
+				fmt.Fprintf(errOut, "[%3d%%] %5.1fs %s\n", percent, time.Since(start).Seconds(), step)
+			}
+			if verbose {
+				opts.Log = errOut
+			}
+			t, err := base.Build(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "template %s built in %.1fs\n", t.ID, time.Since(start).Seconds())
+			fmt.Fprintf(out, "  dir     %s\n  kernel  %s\n  initrd  %s\n  image   %s (%d MiB)\n  rootfs  %s\n  shape   %d vCPU, %d MiB\n",
+				t.Dir, t.Kernel, t.Initrd, t.RootfsImage, t.DiskMB, t.RootfsDir, t.VCPUs, t.MemoryMB)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.EnvdPath, "envd", "", "static envd binary to bake in (default: envd next to the cocoon binary)")
+	f.IntVar(&opts.VCPUs, "vcpus", base.DefaultVCPUs, "vCPUs of the template")
+	f.IntVar(&opts.MemoryMB, "memory", base.DefaultMemoryMB, "memory of the template, MiB")
+	f.IntVar(&opts.DiskMB, "disk", base.DefaultDiskMB, "root disk size, MiB")
+	f.StringVar(&opts.Mirror, "mirror", "", "Debian mirror (default: from the host's apt sources)")
+	f.BoolVarP(&verbose, "verbose", "v", false, "show the tools' output (debootstrap)")
+	return cmd
+}
+
+// defaultEnvd finds envd installed beside the cocoon binary.
+func defaultEnvd() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find envd: %w", err)
+	}
+	p := filepath.Join(filepath.Dir(exe), "envd")
+	if _, err := os.Stat(p); err != nil {
+		return "", errors.New("no envd beside the cocoon binary: pass --envd PATH (build it with CGO_ENABLED=0 go build ./cmd/envd)")
+	}
+	return p, nil
+}

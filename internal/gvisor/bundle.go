@@ -1,0 +1,142 @@
+package gvisor
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// The subset of the OCI runtime spec (v1.0) the driver writes. Declared here
+// rather than importing opencontainers/runtime-spec for a dozen fields.
+type ociSpec struct {
+	OCIVersion string     `json:"ociVersion"`
+	Process    ociProcess `json:"process"`
+	Root       ociRoot    `json:"root"`
+	Hostname   string     `json:"hostname,omitempty"`
+	Mounts     []ociMount `json:"mounts"`
+	Linux      ociLinux   `json:"linux"`
+}
+
+type ociProcess struct {
+	User ociUser  `json:"user"`
+	Args []string `json:"args"`
+	Env  []string `json:"env"`
+	Cwd  string   `json:"cwd"`
+}
+
+type ociUser struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+}
+
+type ociRoot struct {
+	Path     string `json:"path"`
+	Readonly bool   `json:"readonly"`
+}
+
+type ociMount struct {
+	Destination string   `json:"destination"`
+	Type        string   `json:"type"`
+	Source      string   `json:"source"`
+	Options     []string `json:"options,omitempty"`
+}
+
+type ociLinux struct {
+	Namespaces  []ociNamespace `json:"namespaces"`
+	CgroupsPath string         `json:"cgroupsPath,omitempty"`
+	Resources   *ociResources  `json:"resources,omitempty"`
+}
+
+type ociNamespace struct {
+	Type string `json:"type"`
+	Path string `json:"path,omitempty"`
+}
+
+type ociResources struct {
+	Memory *ociMemory `json:"memory,omitempty"`
+	CPU    *ociCPU    `json:"cpu,omitempty"`
+}
+
+type ociMemory struct {
+	Limit int64 `json:"limit"`
+}
+
+type ociCPU struct {
+	Quota  int64  `json:"quota"`
+	Period uint64 `json:"period"`
+}
+
+// envdArgs is the sandbox's init: tini reaps orphans (-s: as a subreaper)
+// and forwards signals to envd.
+var envdArgs = []string{"/usr/bin/tini", "-s", "--", "/usr/local/bin/envd"}
+
+const cpuPeriod = 100_000 // µs
+
+// bundleParams is what varies between the bundles the driver writes.
+type bundleParams struct {
+	id       string
+	rootfs   string
+	netns    string
+	cgroup   string // cgroupsPath, "" for none
+	vcpus    int
+	memoryMB int
+}
+
+func newSpec(p bundleParams) ociSpec {
+	s := ociSpec{
+		OCIVersion: "1.0.0",
+		Process: ociProcess{
+			// Root inside, so that envd can run commands as any user.
+			User: ociUser{UID: 0, GID: 0},
+			Args: envdArgs,
+			Env: []string{
+				"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+				"HOME=/root",
+			},
+			Cwd: "/",
+		},
+		// Not read-only in the spec: runsc only puts its writable overlay
+		// (--overlay2) over a root it may write, and then serves the lower
+		// layer read-only, so the shared template tree is never written.
+		Root:     ociRoot{Path: p.rootfs},
+		Hostname: p.id,
+		Mounts: []ociMount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		},
+		Linux: ociLinux{
+			Namespaces: []ociNamespace{
+				{Type: "pid"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"},
+				{Type: "network", Path: p.netns},
+			},
+			CgroupsPath: p.cgroup,
+		},
+	}
+	var res ociResources
+	if p.memoryMB > 0 {
+		res.Memory = &ociMemory{Limit: int64(p.memoryMB) << 20}
+	}
+	if p.vcpus > 0 {
+		res.CPU = &ociCPU{Quota: int64(p.vcpus) * cpuPeriod, Period: cpuPeriod}
+	}
+	if res.Memory != nil || res.CPU != nil {
+		s.Linux.Resources = &res
+	}
+	return s
+}
+
+// writeBundle writes dir/config.json.
+func writeBundle(dir string, p bundleParams) error {
+	b, err := json.MarshalIndent(newSpec(p), "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode oci spec: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {
+		return fmt.Errorf("write oci spec: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,432 @@
+// Package gvisor runs sandboxes under gVisor's runsc: one OCI bundle per
+// sandbox over the template's shared root tree with a private in-memory
+// overlay, in the slot's network namespace; templates are saved and sandboxes
+// created and resumed with runsc checkpoint/restore.
+//
+// All runsc state lives under Config.StateDir (runsc --root), and all of a
+// sandbox's files under its Spec.Dir, so that an orchestrator can reconcile
+// after a crash with ListContainers and Cleanup.
+package gvisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/cocoon-run/cocoon/internal/network"
+	"github.com/cocoon-run/cocoon/internal/runtime"
+)
+
+// Name is the runtime's name; snapshots live in Template.Dir/gvisor/.
+const Name = "gvisor"
+
+// EnvdPort is where envd listens inside every sandbox.
+const EnvdPort = 49983
+
+// DefaultOverlay keeps a sandbox's writes in sandbox memory, which
+// runsc checkpoint saves with the rest of the memory: a paused sandbox's
+// files come back on restore, and nothing is written to the shared rootfs.
+const DefaultOverlay = "root:memory"
+
+// Config configures a Driver.
+type Config struct {
+	// Runsc is the path of the runsc binary (see Install).
+	Runsc string
+	// StateDir is runsc's --root: its record of the containers of this node.
+	StateDir string
+	// Platform is runsc's --platform; "" detects it (see DetectPlatform).
+	Platform string
+	// Overlay is runsc's --overlay2; "" means DefaultOverlay.
+	Overlay string
+	// CgroupParent is the cgroup under which each sandbox gets
+	// <CgroupParent>/<id> for its CPU and memory limits; "" means
+	// "/cocoon-gvisor". "-" disables cgroups (runsc --ignore-cgroups).
+	CgroupParent string
+	// ReapplyAddr puts the slot's address back on its veth before a start
+	// or restore: gVisor moves it into its own stack and deletes it from the
+	// namespace. nil uses the driver's own netlink code.
+	ReapplyAddr func(ctx context.Context, slot *network.Slot) error
+	// DebugLog makes runsc write debug logs to <Spec.Dir>/debug/.
+	DebugLog bool
+}
+
+// Driver is the gVisor implementation of runtime.Runtime.
+type Driver struct {
+	cfg Config
+}
+
+var _ runtime.Runtime = (*Driver)(nil)
+
+// New checks cfg, detects the platform if needed and returns a driver.
+func New(ctx context.Context, cfg Config) (*Driver, error) {
+	if cfg.Runsc == "" || cfg.StateDir == "" {
+		return nil, errors.New("gvisor: Runsc and StateDir are required")
+	}
+	if _, err := os.Stat(cfg.Runsc); err != nil {
+		return nil, fmt.Errorf("gvisor: runsc: %w", err)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("gvisor: create state dir: %w", err)
+	}
+	if cfg.Platform == "" {
+		p, err := DetectPlatform(ctx, cfg.Runsc)
+		if err != nil {
+			return nil, fmt.Errorf("gvisor: %w", err)
+		}
+		cfg.Platform = p
+	}
+	if cfg.Overlay == "" {
+		cfg.Overlay = DefaultOverlay
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = "/cocoon-gvisor"
+	}
+	if cfg.ReapplyAddr == nil {
+		cfg.ReapplyAddr = ReapplyAddr
+	}
+	return &Driver{cfg: cfg}, nil
+}
+
+// Name implements runtime.Runtime.
+func (d *Driver) Name() string { return Name }
+
+// Platform is the runsc platform in use.
+func (d *Driver) Platform() string { return d.cfg.Platform }
+
+// globalArgs are the flags given to every runsc invocation. A restore must
+// use the same platform and overlay as the checkpoint it loads.
+func (d *Driver) globalArgs(debugDir string) []string {
+	args := []string{
+		"--root", d.cfg.StateDir,
+		"--platform", d.cfg.Platform,
+		"--network", "sandbox",
+		"--overlay2", d.cfg.Overlay,
+	}
+	if d.cfg.CgroupParent == "-" {
+		args = append(args, "--ignore-cgroups")
+	}
+	if debugDir != "" {
+		args = append(args, "--debug", "--debug-log", debugDir+"/")
+	}
+	return args
+}
+
+// runsc runs a short runsc command and returns its combined output.
+func (d *Driver) runsc(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, d.cfg.Runsc, append(d.globalArgs(""), args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("runsc %s: %w: %s", args[0], err, lastLines(out, 5))
+	}
+	return out, nil
+}
+
+// validID is what runsc accepts as a container ID.
+var validID = regexp.MustCompile(`^[\w+\-.]+$`)
+
+func (d *Driver) cgroupPath(id string) string {
+	if d.cfg.CgroupParent == "-" {
+		return ""
+	}
+	return d.cfg.CgroupParent + "/" + id
+}
+
+// snapshotDir is where a template's checkpoint lives.
+func snapshotDir(t *runtime.Template) string { return filepath.Join(t.Dir, Name) }
+
+// checkpointDir is the runsc image directory inside a snapshot or pause dir.
+func checkpointDir(dir string) string { return filepath.Join(dir, "checkpoint") }
+
+// start launches a container from the bundle in dir, either fresh (image ==
+// "") or from a checkpoint image, detached, with its stdout and stderr (and
+// runsc's own errors) appended to dir/console.log.
+func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network.Slot) error {
+	if err := d.cfg.ReapplyAddr(ctx, slot); err != nil {
+		return fmt.Errorf("reapply slot address: %w", err)
+	}
+	logPath := filepath.Join(dir, consoleLog)
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("open console log: %w", err)
+	}
+	defer log.Close()
+	debugDir := ""
+	if d.cfg.DebugLog {
+		debugDir = filepath.Join(dir, "debug")
+	}
+	args := d.globalArgs(debugDir)
+	if image == "" {
+		args = append(args, "run", "--detach", "--bundle", dir, id)
+	} else {
+		args = append(args, "restore", "--detach", "--image-path", image, "--bundle", dir, id)
+	}
+	// The container inherits these files as its stdio, so they must be
+	// files: a pipe would keep Wait blocked for the sandbox's lifetime.
+	cmd := exec.CommandContext(ctx, d.cfg.Runsc, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Run(); err != nil {
+		tail, _ := os.ReadFile(logPath)
+		return fmt.Errorf("runsc %s: %w: %s", args[len(d.globalArgs(debugDir))], err, lastLines(tail, 5))
+	}
+	return nil
+}
+
+const consoleLog = "console.log"
+
+type containerState struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+	PID    int    `json:"pid"`
+}
+
+func (d *Driver) state(ctx context.Context, id string) (containerState, error) {
+	out, err := d.runsc(ctx, "state", id)
+	if err != nil {
+		return containerState{}, err
+	}
+	var s containerState
+	if err := json.Unmarshal(out, &s); err != nil {
+		return containerState{}, fmt.Errorf("decode runsc state: %w", err)
+	}
+	return s, nil
+}
+
+// attach builds an instance for a running container.
+func (d *Driver) attach(ctx context.Context, id, dir string) (*instance, error) {
+	s, err := d.state(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if s.Status != "running" || s.PID <= 0 {
+		return nil, fmt.Errorf("container %s is %s", id, s.Status)
+	}
+	pidfd, done, err := watchPID(s.PID)
+	if err != nil {
+		return nil, err
+	}
+	return &instance{d: d, id: id, dir: dir, pid: s.PID, pidfd: pidfd, done: done}, nil
+}
+
+// BuildSnapshot implements runtime.Runtime. dir is the build sandbox's
+// working directory (bundle, console log); the checkpoint is written to
+// Template.Dir/gvisor/checkpoint, replacing any earlier one.
+func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *network.Slot, dir string) error {
+	if t.RootfsDir == "" {
+		return errors.New("gvisor: template has no RootfsDir")
+	}
+	id := "build-" + t.ID
+	if !validID.MatchString(id) {
+		return fmt.Errorf("gvisor: invalid template id %q", t.ID)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("gvisor: create build dir: %w", err)
+	}
+	// A leftover of an interrupted build would make `runsc run` fail.
+	d.remove(ctx, id)
+	err := writeBundle(dir, bundleParams{
+		id: id, rootfs: t.RootfsDir, netns: slot.NetnsPath,
+		cgroup: d.cgroupPath(id), vcpus: t.VCPUs, memoryMB: t.MemoryMB,
+	})
+	if err != nil {
+		return fmt.Errorf("gvisor: %w", err)
+	}
+	if err := d.start(ctx, id, dir, "", slot); err != nil {
+		return fmt.Errorf("gvisor: start template: %w", err)
+	}
+	defer d.remove(context.WithoutCancel(ctx), id)
+
+	if err := WaitEnvd(ctx, slot.Addr.Addr()); err != nil {
+		tail, _ := os.ReadFile(filepath.Join(dir, consoleLog))
+		return fmt.Errorf("gvisor: template envd: %w: %s", err, lastLines(tail, 5))
+	}
+
+	snap := snapshotDir(t)
+	tmp := snap + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return fmt.Errorf("gvisor: create snapshot dir: %w", err)
+	}
+	if _, err := d.runsc(ctx, "checkpoint", "--image-path", checkpointDir(tmp), id); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("gvisor: checkpoint template: %w", err)
+	}
+	if err := writeMeta(tmp, d); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("gvisor: %w", err)
+	}
+	if err := os.RemoveAll(snap); err != nil {
+		return fmt.Errorf("gvisor: replace snapshot: %w", err)
+	}
+	if err := os.Rename(tmp, snap); err != nil {
+		return fmt.Errorf("gvisor: install snapshot: %w", err)
+	}
+	return nil
+}
+
+// snapshotMeta records what a checkpoint needs at restore: runsc restores
+// only with the platform and overlay it was saved with.
+type snapshotMeta struct {
+	Version  string `json:"runscVersion"`
+	Platform string `json:"platform"`
+	Overlay  string `json:"overlay"`
+}
+
+const metaFile = "gvisor.json"
+
+func writeMeta(dir string, d *Driver) error {
+	b, _ := json.Marshal(snapshotMeta{Version: Version, Platform: d.cfg.Platform, Overlay: d.cfg.Overlay})
+	if err := os.WriteFile(filepath.Join(dir, metaFile), b, 0o644); err != nil {
+		return fmt.Errorf("write snapshot metadata: %w", err)
+	}
+	return nil
+}
+
+func (d *Driver) checkMeta(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, metaFile))
+	if err != nil {
+		return fmt.Errorf("read snapshot metadata: %w", err)
+	}
+	var m snapshotMeta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("decode snapshot metadata: %w", err)
+	}
+	if m.Platform != d.cfg.Platform || m.Overlay != d.cfg.Overlay {
+		return fmt.Errorf("snapshot saved with platform %s overlay %s, driver uses %s %s",
+			m.Platform, m.Overlay, d.cfg.Platform, d.cfg.Overlay)
+	}
+	return nil
+}
+
+// Restore implements runtime.Runtime: it restores the template's snapshot,
+// or a paused sandbox, into spec.Slot and returns once runsc has restored it.
+func (d *Driver) Restore(ctx context.Context, src runtime.Source, spec runtime.Spec) (runtime.Instance, error) {
+	if src.Template == nil || src.Template.RootfsDir == "" {
+		return nil, errors.New("gvisor: restore needs a template with RootfsDir")
+	}
+	if !validID.MatchString(spec.ID) {
+		return nil, fmt.Errorf("gvisor: invalid sandbox id %q", spec.ID)
+	}
+	from := snapshotDir(src.Template)
+	if src.Paused != "" {
+		from = src.Paused
+	}
+	if err := d.checkMeta(from); err != nil {
+		return nil, fmt.Errorf("gvisor: %w", err)
+	}
+	if err := os.MkdirAll(spec.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("gvisor: create sandbox dir: %w", err)
+	}
+	err := writeBundle(spec.Dir, bundleParams{
+		id: spec.ID, rootfs: src.Template.RootfsDir, netns: spec.Slot.NetnsPath,
+		cgroup: d.cgroupPath(spec.ID), vcpus: spec.VCPUs, memoryMB: spec.MemoryMB,
+	})
+	if err == nil {
+		err = d.start(ctx, spec.ID, spec.Dir, checkpointDir(from), spec.Slot)
+	}
+	var inst *instance
+	if err == nil {
+		inst, err = d.attach(ctx, spec.ID, spec.Dir)
+	}
+	if err != nil {
+		cleanCtx := context.WithoutCancel(ctx)
+		d.remove(cleanCtx, spec.ID)
+		os.RemoveAll(spec.Dir)
+		return nil, fmt.Errorf("gvisor: restore %s: %w", spec.ID, err)
+	}
+	return inst, nil
+}
+
+// Adopt implements runtime.Runtime: it re-attaches to the container named
+// spec.ID in the state dir, which must still be running.
+func (d *Driver) Adopt(ctx context.Context, spec runtime.Spec) (runtime.Instance, error) {
+	if !validID.MatchString(spec.ID) {
+		return nil, fmt.Errorf("gvisor: invalid sandbox id %q", spec.ID)
+	}
+	if _, err := os.Stat(filepath.Join(spec.Dir, "config.json")); err != nil {
+		return nil, fmt.Errorf("gvisor: adopt %s: %w", spec.ID, err)
+	}
+	inst, err := d.attach(ctx, spec.ID, spec.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("gvisor: adopt %s: %w", spec.ID, err)
+	}
+	return inst, nil
+}
+
+// ListContainers returns the IDs of all containers runsc knows in StateDir,
+// running or not, for reconciliation.
+func (d *Driver) ListContainers(ctx context.Context) ([]string, error) {
+	out, err := d.runsc(ctx, "list", "--quiet")
+	if err != nil {
+		return nil, fmt.Errorf("gvisor: %w", err)
+	}
+	return strings.Fields(string(out)), nil
+}
+
+// Cleanup force-deletes container id (killing its sandbox and removing its
+// cgroup and state). Deleting an unknown container is not an error.
+func (d *Driver) Cleanup(ctx context.Context, id string) error {
+	if err := d.remove(ctx, id); err != nil {
+		return fmt.Errorf("gvisor: cleanup %s: %w", id, err)
+	}
+	return nil
+}
+
+// remove force-deletes a container and succeeds if it is gone afterwards.
+func (d *Driver) remove(ctx context.Context, id string) error {
+	_, err := d.runsc(ctx, "delete", "--force", id)
+	if err == nil {
+		return nil
+	}
+	ids, lerr := d.ListContainers(ctx)
+	if lerr != nil {
+		return errors.Join(err, lerr)
+	}
+	for _, x := range ids {
+		if x == id {
+			return err
+		}
+	}
+	return nil
+}
+
+// WaitEnvd polls envd's GET /health at addr until it answers 204 or ctx
+// ends. Without a deadline in ctx it gives up after 30 s.
+func WaitEnvd(ctx context.Context, addr netip.Addr) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
+	url := fmt.Sprintf("http://%s/health", netip.AddrPortFrom(addr, EnvdPort))
+	client := &http.Client{
+		Timeout:   500 * time.Millisecond,
+		Transport: &http.Transport{DisableKeepAlives: true},
+	}
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return fmt.Errorf("envd health: %w", err)
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusNoContent {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("envd health at %s: %w", url, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}

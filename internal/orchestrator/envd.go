@@ -1,0 +1,169 @@
+package orchestrator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+// EnvdPort is where envd listens inside every sandbox.
+const EnvdPort = 49983
+
+// envdClient talks to the envd of one sandbox.
+type envdClient struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+func newEnvdClient(addr, token string) *envdClient {
+	return &envdClient{
+		base:  "http://" + net.JoinHostPort(addr, fmt.Sprint(EnvdPort)),
+		token: token,
+		http: &http.Client{Transport: &http.Transport{
+			DialContext:       (&net.Dialer{Timeout: time.Second}).DialContext,
+			DisableKeepAlives: true,
+		}},
+	}
+}
+
+// waitHealthy polls /health until it answers 204, the deadline passes or
+// the sandbox dies.
+func (c *envdClient) waitHealthy(ctx context.Context, timeout time.Duration, died <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	delay := 2 * time.Millisecond
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/health", nil)
+		resp, err := c.http.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("health answered %s", resp.Status)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
+		case <-died:
+			return errors.New("the sandbox process exited")
+		case <-time.After(delay):
+		}
+		if delay < 20*time.Millisecond {
+			delay *= 2
+		}
+	}
+}
+
+// initRequest is envd's POST /init body.
+type initRequest struct {
+	EnvVars     map[string]string `json:"envVars,omitempty"`
+	AccessToken string            `json:"accessToken,omitempty"`
+	Timestamp   string            `json:"timestamp,omitempty"`
+	Hostname    string            `json:"hostname,omitempty"`
+	Seed        []byte            `json:"seed,omitempty"`
+}
+
+func (c *envdClient) init(ctx context.Context, r initRequest) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(ctx, http.MethodPost, "/init", bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("envd /init: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}
+
+// Metrics is what envd's GET /metrics reports.
+type Metrics struct {
+	Timestamp  int64   `json:"ts"`
+	CPUCount   uint32  `json:"cpu_count"`
+	CPUUsedPct float64 `json:"cpu_used_pct"`
+	MemTotal   uint64  `json:"mem_total"`
+	MemUsed    uint64  `json:"mem_used"`
+	DiskUsed   uint64  `json:"disk_used"`
+	DiskTotal  uint64  `json:"disk_total"`
+}
+
+func (c *envdClient) metrics(ctx context.Context) (Metrics, error) {
+	var m Metrics
+	resp, err := c.do(ctx, http.MethodGet, "/metrics", nil)
+	if err != nil {
+		return m, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return m, fmt.Errorf("envd /metrics: %s", resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		return m, fmt.Errorf("decode envd metrics: %w", err)
+	}
+	return m, nil
+}
+
+func (c *envdClient) do(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("X-Access-Token", c.token)
+	}
+	return c.http.Do(req)
+}
+
+// Metrics samples a running sandbox's envd.
+func (o *Orchestrator) Metrics(ctx context.Context, id string) (Metrics, error) {
+	sb, err := o.Get(ctx, id)
+	if err != nil {
+		return Metrics{}, err
+	}
+	if sb.State != StateRunning {
+		return Metrics{}, fmt.Errorf("metrics of a %s sandbox: %w", sb.State, ErrState)
+	}
+	return newEnvdClient(sb.Address, sb.AccessToken).metrics(ctx)
+}
+
+// TailFile returns the last n lines of a file, for error messages.
+func TailFile(path string, n int) string {
+	if path == "" {
+		return ""
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const max = 64 << 10
+	if st, err := f.Stat(); err == nil && st.Size() > max {
+		_, _ = f.Seek(st.Size()-max, io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

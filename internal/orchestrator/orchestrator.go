@@ -1,0 +1,572 @@
+// Package orchestrator owns the sandboxes of one node: it restores them from
+// template snapshots through a runtime driver, gives each a network slot,
+// initialises envd, pauses, resumes and kills them, and reconciles what it
+// finds on disk after a crash so that nothing leaks.
+//
+// Lifecycle of a sandbox on a node:
+//
+//	Create  → slot acquired → runtime.Restore(template snapshot) → envd /health → envd /init → running
+//	Pause   → Instance.Pause(<data>/snapshots/<id>/state) → slot released → paused (record kept)
+//	Resume  → slot acquired → runtime.Restore(paused state) → envd /init → running
+//	Kill    → Instance.Kill → slot released → record (and optionally snapshot) removed
+//	VM dies → reported dead with the tail of its console log
+//
+// Every running sandbox has a record file under <data>/node/sandboxes; on
+// start, New re-adopts the runtime processes those records name and cleans
+// up everything else (processes, slots, directories).
+package orchestrator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cocoon-run/cocoon/internal/network"
+	"github.com/cocoon-run/cocoon/internal/runtime"
+	"github.com/cocoon-run/cocoon/internal/template/base"
+)
+
+// Errors the RPC layer maps to codes.
+var (
+	ErrNotFound = errors.New("sandbox not found")
+	ErrExists   = errors.New("sandbox already exists")
+	ErrState    = errors.New("sandbox is not in a state that allows this")
+)
+
+// Slots hands out network slots; *network.Manager implements it.
+type Slots interface {
+	Acquire(ctx context.Context) (*network.Slot, error)
+	Release(ctx context.Context, s *network.Slot) error
+	SetEgress(ctx context.Context, s *network.Slot, e network.Egress) error
+	Reconcile(ctx context.Context, inUse func(index int) bool) error
+}
+
+// State of a sandbox on this node.
+type State string
+
+// States.
+const (
+	StateRunning State = "running"
+	StatePaused  State = "paused"
+	StateDead    State = "dead"
+)
+
+// Config configures an Orchestrator.
+type Config struct {
+	NodeID  string
+	DataDir string
+	// Runtimes by name; Default names the one used when a request names none.
+	Runtimes map[string]runtime.Runtime
+	Default  string
+	Slots    Slots
+	Logger   *slog.Logger
+	// Accel and Reason describe the choice of runtime, for Node().
+	Accel  string
+	Reason string
+	// EnvdTimeout bounds the wait for envd after a restore (default 30 s).
+	EnvdTimeout time.Duration
+}
+
+// CreateParams describe a sandbox to create or resume.
+type CreateParams struct {
+	ID          string
+	TemplateDir string
+	TemplateID  string
+	BuildID     string
+	Runtime     string
+	VCPUs       int
+	MemoryMB    int
+	EnvVars     map[string]string
+	AccessToken string
+	Egress      network.Egress
+	Hostname    string
+	// Snapshot is the paused state to resume from ("" for a create).
+	Snapshot string
+}
+
+// Sandbox is the node's view of one sandbox.
+type Sandbox struct {
+	ID         string    `json:"id"`
+	State      State     `json:"state"`
+	Runtime    string    `json:"runtime"`
+	Address    string    `json:"address"`
+	StartedAt  time.Time `json:"startedAt"`
+	Detail     string    `json:"detail,omitempty"`
+	Snapshot   string    `json:"snapshot,omitempty"`
+	VCPUs      int       `json:"vcpus"`
+	MemoryMB   int       `json:"memoryMB"`
+	TemplateID string    `json:"templateID"`
+	BuildID    string    `json:"buildID"`
+
+	// Persisted for re-adoption and resume.
+	TemplateDir string         `json:"templateDir"`
+	SlotIndex   int            `json:"slotIndex"`
+	Slot        *network.Slot  `json:"slot,omitempty"`
+	Egress      network.Egress `json:"egress"`
+	AccessToken string         `json:"accessToken,omitempty"`
+	Console     string         `json:"console,omitempty"`
+}
+
+// entry is a sandbox plus what only the running process has.
+type entry struct {
+	mu   sync.Mutex // serializes operations on this sandbox
+	sb   Sandbox
+	inst runtime.Instance
+}
+
+// Orchestrator manages the sandboxes of one node. Safe for concurrent use.
+type Orchestrator struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	sandboxes map[string]*entry
+}
+
+// New starts an orchestrator: it re-adopts the sandboxes recorded under
+// DataDir and removes whatever no record owns.
+func New(ctx context.Context, cfg Config) (*Orchestrator, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.EnvdTimeout == 0 {
+		cfg.EnvdTimeout = 30 * time.Second
+	}
+	if len(cfg.Runtimes) == 0 {
+		return nil, errors.New("orchestrator: no runtime configured")
+	}
+	if _, ok := cfg.Runtimes[cfg.Default]; !ok {
+		return nil, fmt.Errorf("orchestrator: default runtime %q is not configured", cfg.Default)
+	}
+	o := &Orchestrator{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*entry{}}
+	for _, d := range []string{o.recordDir(), o.sandboxRoot(), o.snapshotRoot()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	if err := o.reconcile(ctx); err != nil {
+		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	return o, nil
+}
+
+func (o *Orchestrator) recordDir() string    { return filepath.Join(o.cfg.DataDir, "node", "sandboxes") }
+func (o *Orchestrator) sandboxRoot() string  { return filepath.Join(o.cfg.DataDir, "sandboxes") }
+func (o *Orchestrator) snapshotRoot() string { return filepath.Join(o.cfg.DataDir, "snapshots") }
+
+// SnapshotDir is where a paused sandbox's state lives.
+func (o *Orchestrator) SnapshotDir(id string) string { return filepath.Join(o.snapshotRoot(), id) }
+
+// Runtimes lists the configured runtimes, sorted.
+func (o *Orchestrator) Runtimes() []string {
+	names := make([]string, 0, len(o.cfg.Runtimes))
+	for n := range o.cfg.Runtimes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// DefaultRuntime is the runtime used when a request names none.
+func (o *Orchestrator) DefaultRuntime() string { return o.cfg.Default }
+
+// NodeID names this node.
+func (o *Orchestrator) NodeID() string { return o.cfg.NodeID }
+
+func (o *Orchestrator) runtimeFor(name string) (runtime.Runtime, string, error) {
+	if name == "" {
+		name = o.cfg.Default
+	}
+	rt, ok := o.cfg.Runtimes[name]
+	if !ok {
+		return nil, "", fmt.Errorf("runtime %q is not available on this node (have %v)", name, o.Runtimes())
+	}
+	return rt, name, nil
+}
+
+// Create restores a new sandbox from its template's snapshot.
+func (o *Orchestrator) Create(ctx context.Context, p CreateParams) (Sandbox, error) {
+	p.Snapshot = ""
+	return o.start(ctx, p)
+}
+
+// Resume restores a paused sandbox into a fresh slot.
+func (o *Orchestrator) Resume(ctx context.Context, p CreateParams) (Sandbox, error) {
+	if p.Snapshot == "" {
+		p.Snapshot = filepath.Join(o.SnapshotDir(p.ID), "state")
+	}
+	o.mu.Lock()
+	e, ok := o.sandboxes[p.ID]
+	o.mu.Unlock()
+	if ok {
+		e.mu.Lock()
+		state := e.sb.State
+		e.mu.Unlock()
+		if state == StateRunning {
+			return e.sb, nil
+		}
+	}
+	return o.start(ctx, p)
+}
+
+func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, err error) {
+	if !validID(p.ID) {
+		return Sandbox{}, fmt.Errorf("invalid sandbox id %q", p.ID)
+	}
+	rt, rtName, err := o.runtimeFor(p.Runtime)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	tmpl, err := base.Load(p.TemplateDir)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	e := &entry{}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	o.mu.Lock()
+	if old, ok := o.sandboxes[p.ID]; ok && old.sb.State == StateRunning {
+		o.mu.Unlock()
+		return Sandbox{}, ErrExists
+	}
+	o.sandboxes[p.ID] = e
+	o.mu.Unlock()
+	defer func() {
+		if err != nil {
+			o.mu.Lock()
+			if o.sandboxes[p.ID] == e {
+				delete(o.sandboxes, p.ID)
+			}
+			o.mu.Unlock()
+		}
+	}()
+
+	slot, err := o.cfg.Slots.Acquire(ctx)
+	if err != nil {
+		return Sandbox{}, fmt.Errorf("acquire network slot: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			if rerr := o.cfg.Slots.Release(context.WithoutCancel(ctx), slot); rerr != nil {
+				o.log.Warn("release slot", "slot", slot.Index, "err", rerr)
+			}
+		}
+	}()
+	if err := o.cfg.Slots.SetEgress(ctx, slot, p.Egress); err != nil {
+		return Sandbox{}, fmt.Errorf("set egress: %w", err)
+	}
+	vcpus, mem := p.VCPUs, p.MemoryMB
+	if vcpus == 0 {
+		vcpus = tmpl.VCPUs
+	}
+	if mem == 0 {
+		mem = tmpl.MemoryMB
+	}
+	if p.Snapshot != "" && mem != tmpl.MemoryMB {
+		// Memory size is baked into the saved state.
+		mem = tmpl.MemoryMB
+	}
+	spec := runtime.Spec{
+		ID:       p.ID,
+		Dir:      filepath.Join(o.sandboxRoot(), p.ID),
+		VCPUs:    vcpus,
+		MemoryMB: mem,
+		Slot:     slot,
+	}
+	src := runtime.Source{Template: tmpl, Paused: p.Snapshot}
+	inst, err := rt.Restore(ctx, src, spec)
+	if err != nil {
+		return Sandbox{}, fmt.Errorf("restore %s sandbox: %w", rtName, err)
+	}
+	defer func() {
+		if err != nil {
+			if kerr := inst.Kill(context.WithoutCancel(ctx)); kerr != nil {
+				o.log.Warn("kill failed sandbox", "id", p.ID, "err", kerr)
+			}
+		}
+	}()
+	addr := slot.Addr.Addr().String()
+	ec := newEnvdClient(addr, p.AccessToken)
+	if err := ec.waitHealthy(ctx, o.cfg.EnvdTimeout, inst.Done()); err != nil {
+		return Sandbox{}, fmt.Errorf("envd did not answer: %w; console: %s", err, TailFile(inst.ConsoleLog(), 20))
+	}
+	seed := make([]byte, 64)
+	_, _ = rand.Read(seed)
+	if err := ec.init(ctx, initRequest{
+		EnvVars:     p.EnvVars,
+		AccessToken: p.AccessToken,
+		Timestamp:   time.Now().UTC().Format(time.RFC3339Nano),
+		Hostname:    p.Hostname,
+		Seed:        seed,
+	}); err != nil {
+		return Sandbox{}, fmt.Errorf("init envd: %w", err)
+	}
+	e.inst = inst
+	e.sb = Sandbox{
+		ID:          p.ID,
+		State:       StateRunning,
+		Runtime:     rtName,
+		Address:     addr,
+		StartedAt:   time.Now().UTC(),
+		VCPUs:       vcpus,
+		MemoryMB:    mem,
+		TemplateID:  p.TemplateID,
+		BuildID:     p.BuildID,
+		TemplateDir: p.TemplateDir,
+		SlotIndex:   slot.Index,
+		Slot:        slot,
+		Egress:      p.Egress,
+		AccessToken: p.AccessToken,
+		Console:     inst.ConsoleLog(),
+	}
+	if err := o.writeRecord(&e.sb); err != nil {
+		return Sandbox{}, err
+	}
+	if p.Snapshot != "" {
+		// The state now lives in the running sandbox again.
+		if err := os.RemoveAll(o.SnapshotDir(p.ID)); err != nil {
+			o.log.Warn("remove resumed snapshot", "id", p.ID, "err", err)
+		}
+	}
+	go o.watch(p.ID, e, inst)
+	return e.sb, nil
+}
+
+// watch marks a sandbox dead when its runtime process exits on its own.
+func (o *Orchestrator) watch(id string, e *entry, inst runtime.Instance) {
+	<-inst.Done()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.inst != inst || e.sb.State != StateRunning {
+		return // paused or killed on purpose
+	}
+	e.sb.State = StateDead
+	e.sb.Detail = "the sandbox's " + e.sb.Runtime + " process exited; console tail:\n" + TailFile(e.sb.Console, 20)
+	o.log.Warn("sandbox died", "id", id, "detail", e.sb.Detail)
+	e.inst = nil
+	if e.sb.Slot != nil {
+		if err := o.cfg.Slots.Release(context.Background(), e.sb.Slot); err != nil {
+			o.log.Warn("release slot of dead sandbox", "id", id, "err", err)
+		}
+		e.sb.Slot = nil
+	}
+	_ = os.RemoveAll(filepath.Join(o.sandboxRoot(), id))
+	_ = os.Remove(o.recordPath(id))
+}
+
+// Get returns one sandbox.
+func (o *Orchestrator) Get(ctx context.Context, id string) (Sandbox, error) {
+	e, err := o.entry(id)
+	if err != nil {
+		if sb, perr := o.pausedRecord(id); perr == nil {
+			return sb, nil
+		}
+		return Sandbox{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.sb, nil
+}
+
+// List returns the sandboxes this node knows, running, dead and paused.
+func (o *Orchestrator) List(ctx context.Context) []Sandbox {
+	o.mu.Lock()
+	entries := make([]*entry, 0, len(o.sandboxes))
+	for _, e := range o.sandboxes {
+		entries = append(entries, e)
+	}
+	o.mu.Unlock()
+	seen := map[string]bool{}
+	out := make([]Sandbox, 0, len(entries))
+	for _, e := range entries {
+		e.mu.Lock()
+		if e.sb.ID != "" {
+			out = append(out, e.sb)
+			seen[e.sb.ID] = true
+		}
+		e.mu.Unlock()
+	}
+	dirs, _ := os.ReadDir(o.snapshotRoot())
+	for _, d := range dirs {
+		if seen[d.Name()] {
+			continue
+		}
+		if sb, err := o.pausedRecord(d.Name()); err == nil {
+			out = append(out, sb)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (o *Orchestrator) entry(id string) (*entry, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	e, ok := o.sandboxes[id]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return e, nil
+}
+
+// Pause saves a running sandbox into the snapshot store and frees its slot.
+func (o *Orchestrator) Pause(ctx context.Context, id string) (Sandbox, error) {
+	e, err := o.entry(id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.sb.State != StateRunning || e.inst == nil {
+		return e.sb, fmt.Errorf("pause sandbox in state %s: %w", e.sb.State, ErrState)
+	}
+	snap := o.SnapshotDir(id)
+	if err := os.RemoveAll(snap); err != nil {
+		return e.sb, fmt.Errorf("clear snapshot dir: %w", err)
+	}
+	if err := os.MkdirAll(snap, 0o700); err != nil {
+		return e.sb, fmt.Errorf("create snapshot dir: %w", err)
+	}
+	inst := e.inst
+	// Detach first so that watch() does not report the exit as a death.
+	e.sb.State = StatePaused
+	if err := inst.Pause(ctx, filepath.Join(snap, "state")); err != nil {
+		e.sb.State = StateRunning
+		_ = os.RemoveAll(snap)
+		return e.sb, fmt.Errorf("pause: %w", err)
+	}
+	e.inst = nil
+	if e.sb.Slot != nil {
+		if err := o.cfg.Slots.Release(ctx, e.sb.Slot); err != nil {
+			o.log.Warn("release slot", "id", id, "err", err)
+		}
+	}
+	e.sb.Slot = nil
+	e.sb.Address = ""
+	e.sb.Snapshot = filepath.Join(snap, "state")
+	if err := writeJSON(filepath.Join(snap, "record.json"), &e.sb); err != nil {
+		return e.sb, err
+	}
+	_ = os.RemoveAll(filepath.Join(o.sandboxRoot(), id))
+	_ = os.Remove(o.recordPath(id))
+	o.mu.Lock()
+	delete(o.sandboxes, id)
+	o.mu.Unlock()
+	return e.sb, nil
+}
+
+func (o *Orchestrator) pausedRecord(id string) (Sandbox, error) {
+	if !validID(id) {
+		return Sandbox{}, ErrNotFound
+	}
+	var sb Sandbox
+	b, err := os.ReadFile(filepath.Join(o.SnapshotDir(id), "record.json"))
+	if err != nil {
+		return Sandbox{}, ErrNotFound
+	}
+	if err := json.Unmarshal(b, &sb); err != nil {
+		return Sandbox{}, fmt.Errorf("decode paused record: %w", err)
+	}
+	return sb, nil
+}
+
+// Kill stops a sandbox and releases everything it holds. Killing an unknown
+// sandbox succeeds. With deleteSnapshot, its paused state goes too.
+func (o *Orchestrator) Kill(ctx context.Context, id string, deleteSnapshot bool) error {
+	if !validID(id) {
+		return nil
+	}
+	if e, err := o.entry(id); err == nil {
+		e.mu.Lock()
+		inst := e.inst
+		e.inst = nil
+		e.sb.State = StateDead
+		if inst != nil {
+			if err := inst.Kill(ctx); err != nil {
+				e.mu.Unlock()
+				return fmt.Errorf("kill: %w", err)
+			}
+		}
+		if e.sb.Slot != nil {
+			if err := o.cfg.Slots.Release(ctx, e.sb.Slot); err != nil {
+				o.log.Warn("release slot", "id", id, "err", err)
+			}
+			e.sb.Slot = nil
+		}
+		e.mu.Unlock()
+		o.mu.Lock()
+		delete(o.sandboxes, id)
+		o.mu.Unlock()
+	}
+	_ = os.RemoveAll(filepath.Join(o.sandboxRoot(), id))
+	_ = os.Remove(o.recordPath(id))
+	if deleteSnapshot {
+		if err := os.RemoveAll(o.SnapshotDir(id)); err != nil {
+			return fmt.Errorf("remove snapshot: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close stops nothing: sandboxes outlive the orchestrator process and are
+// re-adopted by the next one. It exists for symmetry with New.
+func (o *Orchestrator) Close() error { return nil }
+
+// KillAll kills every running sandbox (used by tests and `--kill-on-exit`).
+func (o *Orchestrator) KillAll(ctx context.Context) error {
+	var errs []error
+	for _, sb := range o.List(ctx) {
+		if sb.State == StatePaused {
+			continue
+		}
+		errs = append(errs, o.Kill(ctx, sb.ID, false))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *Orchestrator) recordPath(id string) string {
+	return filepath.Join(o.recordDir(), id+".json")
+}
+
+func (o *Orchestrator) writeRecord(sb *Sandbox) error {
+	return writeJSON(o.recordPath(sb.ID), sb)
+}
+
+// writeJSON writes v atomically (temp file + rename) so that a crash never
+// leaves a torn record.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", path, err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s: %w", path, err)
+	}
+	return nil
+}
+
+// validID accepts the IDs the api generates: lowercase alphanumerics.
+// Checking here keeps IDs from ever naming a path outside our directories.
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,299 @@
+package orchestrator
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	orchv1 "github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1"
+	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
+	"github.com/cocoon-run/cocoon/internal/network"
+)
+
+// Service exposes an Orchestrator as the node RPC.
+type Service struct {
+	o *Orchestrator
+}
+
+var _ orchestratorv1connect.OrchestratorServiceHandler = (*Service)(nil)
+
+// NewHandler returns the node RPC handler and its mount path. Every call
+// must carry `Authorization: Bearer <token>`; an empty token is refused so
+// that the RPC is never served unauthenticated by mistake.
+func NewHandler(o *Orchestrator, token string) (string, http.Handler, error) {
+	if token == "" {
+		return "", nil, errors.New("orchestrator rpc: empty node token")
+	}
+	path, h := orchestratorv1connect.NewOrchestratorServiceHandler(&Service{o: o},
+		connect.WithInterceptors(bearerAuth(token)))
+	return path, h, nil
+}
+
+// NewClient returns a node RPC client that authenticates with token.
+func NewClient(httpClient connect.HTTPClient, baseURL, token string) orchestratorv1connect.OrchestratorServiceClient {
+	return orchestratorv1connect.NewOrchestratorServiceClient(httpClient, baseURL,
+		connect.WithInterceptors(bearerClient(token)))
+}
+
+type authInterceptor struct {
+	server bool
+	token  string
+}
+
+func bearerAuth(token string) connect.Interceptor {
+	return &authInterceptor{server: true, token: token}
+}
+func bearerClient(token string) connect.Interceptor { return &authInterceptor{token: token} }
+
+func (a *authInterceptor) check(h http.Header) error {
+	got, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+		return connect.NewError(connect.CodeUnauthenticated, errors.New("missing or wrong node token"))
+	}
+	return nil
+}
+
+func (a *authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if a.server {
+			if err := a.check(req.Header()); err != nil {
+				return nil, err
+			}
+		} else {
+			req.Header().Set("Authorization", "Bearer "+a.token)
+		}
+		return next(ctx, req)
+	}
+}
+
+func (a *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", "Bearer "+a.token)
+		return conn
+	}
+}
+
+func (a *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if err := a.check(conn.RequestHeader()); err != nil {
+			return err
+		}
+		return next(ctx, conn)
+	}
+}
+
+func toProto(sb Sandbox) *orchv1.Sandbox {
+	st := orchv1.State_STATE_UNSPECIFIED
+	switch sb.State {
+	case StateRunning:
+		st = orchv1.State_STATE_RUNNING
+	case StatePaused:
+		st = orchv1.State_STATE_PAUSED
+	case StateDead:
+		st = orchv1.State_STATE_DEAD
+	}
+	return &orchv1.Sandbox{
+		SandboxId:  sb.ID,
+		State:      st,
+		Runtime:    sb.Runtime,
+		Address:    sb.Address,
+		StartedAt:  timestamppb.New(sb.StartedAt),
+		Detail:     sb.Detail,
+		Snapshot:   sb.Snapshot,
+		Vcpus:      uint32(sb.VCPUs),
+		MemoryMb:   uint32(sb.MemoryMB),
+		TemplateId: sb.TemplateID,
+		BuildId:    sb.BuildID,
+	}
+}
+
+// rpcError maps orchestrator errors to Connect codes.
+func rpcError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotFound):
+		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, ErrExists):
+		return connect.NewError(connect.CodeAlreadyExists, err)
+	case errors.Is(err, ErrState):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, os.ErrNotExist):
+		return connect.NewError(connect.CodeNotFound, err)
+	}
+	return connect.NewError(connect.CodeInternal, err)
+}
+
+func egressFrom(e *orchv1.Egress) network.Egress {
+	if e == nil {
+		return network.Egress{}
+	}
+	return network.Egress{Disabled: e.Disabled, AllowOut: e.AllowOut, DenyOut: e.DenyOut}
+}
+
+func (s *Service) Create(ctx context.Context, req *connect.Request[orchv1.CreateRequest]) (*connect.Response[orchv1.CreateResponse], error) {
+	m := req.Msg
+	if m.Template == nil || m.Template.Dir == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("template dir is required"))
+	}
+	sb, err := s.o.Create(ctx, CreateParams{
+		ID: m.SandboxId, TemplateDir: m.Template.Dir, TemplateID: m.Template.TemplateId, BuildID: m.Template.BuildId,
+		Runtime: m.Runtime, VCPUs: int(m.Vcpus), MemoryMB: int(m.MemoryMb), EnvVars: m.EnvVars,
+		AccessToken: m.EnvdAccessToken, Egress: egressFrom(m.Egress), Hostname: m.Hostname,
+	})
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return connect.NewResponse(&orchv1.CreateResponse{Sandbox: toProto(sb)}), nil
+}
+
+func (s *Service) Get(ctx context.Context, req *connect.Request[orchv1.GetRequest]) (*connect.Response[orchv1.GetResponse], error) {
+	sb, err := s.o.Get(ctx, req.Msg.SandboxId)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return connect.NewResponse(&orchv1.GetResponse{Sandbox: toProto(sb)}), nil
+}
+
+func (s *Service) List(ctx context.Context, _ *connect.Request[orchv1.ListRequest]) (*connect.Response[orchv1.ListResponse], error) {
+	list := s.o.List(ctx)
+	out := make([]*orchv1.Sandbox, 0, len(list))
+	for _, sb := range list {
+		out = append(out, toProto(sb))
+	}
+	return connect.NewResponse(&orchv1.ListResponse{Sandboxes: out}), nil
+}
+
+func (s *Service) Pause(ctx context.Context, req *connect.Request[orchv1.PauseRequest]) (*connect.Response[orchv1.PauseResponse], error) {
+	sb, err := s.o.Pause(ctx, req.Msg.SandboxId)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return connect.NewResponse(&orchv1.PauseResponse{Sandbox: toProto(sb)}), nil
+}
+
+func (s *Service) Resume(ctx context.Context, req *connect.Request[orchv1.ResumeRequest]) (*connect.Response[orchv1.ResumeResponse], error) {
+	m := req.Msg
+	if m.Template == nil || m.Template.Dir == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("template dir is required"))
+	}
+	sb, err := s.o.Resume(ctx, CreateParams{
+		ID: m.SandboxId, TemplateDir: m.Template.Dir, TemplateID: m.Template.TemplateId, BuildID: m.Template.BuildId,
+		Runtime: m.Runtime, VCPUs: int(m.Vcpus), MemoryMB: int(m.MemoryMb), EnvVars: m.EnvVars,
+		AccessToken: m.EnvdAccessToken, Egress: egressFrom(m.Egress), Hostname: m.Hostname, Snapshot: m.Snapshot,
+	})
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return connect.NewResponse(&orchv1.ResumeResponse{Sandbox: toProto(sb)}), nil
+}
+
+func (s *Service) Kill(ctx context.Context, req *connect.Request[orchv1.KillRequest]) (*connect.Response[orchv1.KillResponse], error) {
+	if err := s.o.Kill(ctx, req.Msg.SandboxId, req.Msg.DeleteSnapshot); err != nil {
+		return nil, rpcError(err)
+	}
+	return connect.NewResponse(&orchv1.KillResponse{}), nil
+}
+
+func (s *Service) Logs(ctx context.Context, req *connect.Request[orchv1.LogsRequest], stream *connect.ServerStream[orchv1.LogsResponse]) error {
+	sb, err := s.o.Get(ctx, req.Msg.SandboxId)
+	if err != nil {
+		return rpcError(err)
+	}
+	if sb.Console == "" {
+		return nil
+	}
+	f, err := os.Open(sb.Console)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // paused or gone: its console went with it
+		}
+		return rpcError(err)
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	var batch []string
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := stream.Send(&orchv1.LogsResponse{Lines: batch})
+		batch = nil
+		return err
+	}
+	for {
+		line, err := r.ReadString('\n')
+		if line != "" && strings.HasSuffix(line, "\n") {
+			batch = append(batch, strings.TrimRight(line, "\r\n"))
+			if len(batch) >= 256 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return rpcError(err)
+		}
+		if ferr := flush(); ferr != nil {
+			return ferr
+		}
+		if !req.Msg.Follow {
+			if line != "" {
+				return stream.Send(&orchv1.LogsResponse{Lines: []string{line}})
+			}
+			return nil
+		}
+		// Follow: keep the partial line and wait for more.
+		if line != "" {
+			r = bufio.NewReader(io.MultiReader(strings.NewReader(line), f))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Service) Metrics(ctx context.Context, req *connect.Request[orchv1.MetricsRequest]) (*connect.Response[orchv1.MetricsResponse], error) {
+	m, err := s.o.Metrics(ctx, req.Msg.SandboxId)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	ts := time.Now()
+	if m.Timestamp > 0 {
+		ts = time.Unix(m.Timestamp, 0)
+	}
+	return connect.NewResponse(&orchv1.MetricsResponse{
+		Timestamp: timestamppb.New(ts), CpuCount: m.CPUCount, CpuUsedPct: m.CPUUsedPct,
+		MemUsed: m.MemUsed, MemTotal: m.MemTotal, DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal,
+	}), nil
+}
+
+func (s *Service) Node(ctx context.Context, _ *connect.Request[orchv1.NodeRequest]) (*connect.Response[orchv1.NodeResponse], error) {
+	n := 0
+	for _, sb := range s.o.List(ctx) {
+		if sb.State == StateRunning {
+			n++
+		}
+	}
+	return connect.NewResponse(&orchv1.NodeResponse{
+		NodeId: s.o.NodeID(), Runtimes: s.o.Runtimes(), DefaultRuntime: s.o.DefaultRuntime(),
+		Sandboxes: uint32(n), Accel: s.o.cfg.Accel, Reason: s.o.cfg.Reason,
+	}), nil
+}

@@ -1,0 +1,142 @@
+// Package proxy routes sandbox traffic to a port inside a sandbox. A request
+// names its sandbox either by the headers E2b-Sandbox-Id and E2b-Sandbox-Port
+// (what the E2B SDK sends when E2B_SANDBOX_URL is set) or by its host name,
+// <port>-<sandboxID>.<domain>. Responses, long-lived streams and websocket
+// upgrades pass through unbuffered.
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Errors a Resolver returns; the proxy maps them to statuses.
+var (
+	// ErrNotFound: no such sandbox (or it was killed).
+	ErrNotFound = errors.New("sandbox not found")
+	// ErrPaused: the sandbox is paused and was not created with auto-resume.
+	ErrPaused = errors.New("sandbox is paused")
+)
+
+// Resolver finds where a sandbox's ports are reachable from this host,
+// resuming it first when it is paused and asked for auto-resume.
+type Resolver interface {
+	Resolve(ctx context.Context, sandboxID string) (addr string, err error)
+}
+
+// Proxy is an http.Handler.
+type Proxy struct {
+	resolver Resolver
+	domain   string
+	log      *slog.Logger
+	rp       *httputil.ReverseProxy
+}
+
+type targetKey struct{}
+
+type target struct {
+	host string // ip:port
+}
+
+// New returns a proxy. domain is the suffix of host-routed names ("" to
+// accept any suffix).
+func New(r Resolver, domain string, log *slog.Logger) *Proxy {
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &Proxy{resolver: r, domain: strings.TrimPrefix(domain, "."), log: log}
+	transport := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		// Sandboxes speak HTTP/1.1 and h2c; keep it to HTTP/1.1 towards them.
+		ForceAttemptHTTP2: false,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			t := pr.In.Context().Value(targetKey{}).(target)
+			pr.SetURL(&url.URL{Scheme: "http", Host: t.host})
+			pr.Out.Host = pr.In.Host
+			pr.SetXForwarded()
+		},
+		Transport:     transport,
+		FlushInterval: -1, // stream everything as it comes
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			p.log.Debug("proxy upstream error", "err", err)
+			writeError(w, http.StatusBadGateway, "the sandbox did not answer on this port: "+err.Error())
+		},
+	}
+	return p
+}
+
+// Route extracts the sandbox ID and port a request is for.
+func (p *Proxy) Route(r *http.Request) (id string, port int, err error) {
+	if id = r.Header.Get("E2b-Sandbox-Id"); id != "" {
+		ps := r.Header.Get("E2b-Sandbox-Port")
+		port, err = strconv.Atoi(ps)
+		if err != nil || port <= 0 || port > 65535 {
+			return "", 0, fmt.Errorf("invalid E2b-Sandbox-Port %q", ps)
+		}
+		return id, port, nil
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	label, rest, ok := strings.Cut(host, ".")
+	if !ok || (p.domain != "" && rest != p.domain) {
+		return "", 0, errors.New("no sandbox named: send E2b-Sandbox-Id and E2b-Sandbox-Port, or use the host <port>-<sandboxID>." + p.domain)
+	}
+	ps, id, ok := strings.Cut(label, "-")
+	if !ok || id == "" {
+		return "", 0, fmt.Errorf("host %q is not <port>-<sandboxID>.<domain>", r.Host)
+	}
+	port, err = strconv.Atoi(ps)
+	if err != nil || port <= 0 || port > 65535 {
+		return "", 0, fmt.Errorf("invalid port in host %q", r.Host)
+	}
+	return id, port, nil
+}
+
+// ServeHTTP forwards the request to the sandbox.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/health" && r.Header.Get("E2b-Sandbox-Id") == "" && !strings.Contains(r.Host, "-") {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	id, port, err := p.Route(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	addr, err := p.resolver.Resolve(r.Context(), id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, fmt.Sprintf("sandbox %q not found", id))
+		return
+	case errors.Is(err, ErrPaused):
+		writeError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is paused; resume it with Sandbox.connect (or create it with auto-resume)", id))
+		return
+	case err != nil:
+		writeError(w, http.StatusBadGateway, fmt.Sprintf("sandbox %q is not reachable: %v", id, err))
+		return
+	}
+	ctx := context.WithValue(r.Context(), targetKey{}, target{host: net.JoinHostPort(addr, strconv.Itoa(port))})
+	p.rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"code": status, "message": msg})
+}
