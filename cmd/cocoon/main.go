@@ -42,6 +42,13 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", def, "directory holding all of Cocoon's state (also COCOON_DATA_DIR)")
 	root.AddCommand(
 		newVersionCmd(),
+		newTemplateCmd(g),
+		newServerCmd(g),
+		newAPICmd(g),
+		newOrchestratorCmd(g),
+		newProxyCmd(g),
+		newTeamCmd(g),
+		newKeyCmd(g),
 	)
 	return root
 }

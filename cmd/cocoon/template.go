@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,7 +25,11 @@ func newTemplateCmd(g *globalFlags) *cobra.Command {
 
 func newTemplateBuildCmd(g *globalFlags) *cobra.Command {
 	opts := base.Options{}
-	var verbose bool
+	var (
+		verbose  bool
+		runtimes []string
+		nf       nodeFlags
+	)
 	cmd := &cobra.Command{
 		Use:   "build base",
 		Short: "Build the default template 'base' (Debian kernel, initramfs, debootstrapped rootfs with envd)",
@@ -59,6 +64,23 @@ inputs takes seconds. Needs root, debootstrap, e2fsprogs and busybox-static.`,
 			if err != nil {
 				return err
 			}
+			log := newLogger(errOut, false)
+			n, err := openNode(cmd.Context(), g.dataDir, &nf, t, log)
+			if err != nil {
+				return err
+			}
+			names := n.names()
+			if len(runtimes) > 0 {
+				names = runtimes
+			}
+			if err := snapshotTemplate(cmd.Context(), n, t, names, func(msg string) {
+				fmt.Fprintf(errOut, "[snap] %5.1fs %s\n", time.Since(start).Seconds(), msg)
+			}); err != nil {
+				return err
+			}
+			if err := setCurrentTemplate(g.dataDir, base.Name, t.Dir); err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "template %s built in %.1fs\n", t.ID, time.Since(start).Seconds())
 			fmt.Fprintf(out, "  dir     %s\n  kernel  %s\n  initrd  %s\n  image   %s (%d MiB)\n  rootfs  %s\n  shape   %d vCPU, %d MiB\n",
@@ -73,6 +95,8 @@ inputs takes seconds. Needs root, debootstrap, e2fsprogs and busybox-static.`,
 	f.IntVar(&opts.DiskMB, "disk", base.DefaultDiskMB, "root disk size, MiB")
 	f.StringVar(&opts.Mirror, "mirror", "", "Debian mirror (default: from the host's apt sources)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "show the tools' output (debootstrap)")
+	f.StringSliceVar(&runtimes, "runtimes", nil, "runtimes to snapshot the template for (default: every runtime available here)")
+	nf.register(cmd)
 	return cmd
 }
 
@@ -87,4 +111,28 @@ func defaultEnvd() (string, error) {
 		return "", errors.New("no envd beside the cocoon binary: pass --envd PATH (build it with CGO_ENABLED=0 go build ./cmd/envd)")
 	}
 	return p, nil
+}
+
+// currentTemplate is the file naming the build of a template that new
+// sandboxes use.
+func currentTemplatePath(dataDir, name string) string {
+	return filepath.Join(dataDir, "templates", name, "current")
+}
+
+// setCurrentTemplate records dir as the current build of template name.
+func setCurrentTemplate(dataDir, name, dir string) error {
+	p := currentTemplatePath(dataDir, name)
+	if err := os.WriteFile(p+".tmp", []byte(dir+"\n"), 0o644); err != nil {
+		return fmt.Errorf("record current template: %w", err)
+	}
+	return os.Rename(p+".tmp", p)
+}
+
+// currentTemplate returns the directory of the current build of name.
+func currentTemplate(dataDir, name string) (string, error) {
+	b, err := os.ReadFile(currentTemplatePath(dataDir, name))
+	if err != nil {
+		return "", fmt.Errorf("template %q is not built: run `cocoon template build %s --data-dir %s`: %w", name, name, dataDir, err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }

@@ -120,4 +120,3 @@ func (b bearerInterceptor) WrapStreamingClient(next connect.StreamingClientFunc)
 func (b bearerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
 }
-

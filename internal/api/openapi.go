@@ -60,6 +60,10 @@ func newValidator(doc *openapi3.T, method, path string) (*validator, error) {
 // validate returns a client-facing message when r does not match the
 // operation. Authentication is done by our own middleware, not here.
 func (v *validator) validate(r *http.Request) error {
+	// Clients that send JSON without saying so (curl -d) are served as JSON.
+	if r.ContentLength > 0 && r.Header.Get("Content-Type") == "" {
+		r.Header.Set("Content-Type", "application/json")
+	}
 	params := map[string]string{}
 	for _, p := range pathParamNames(v.route.Path) {
 		params[p] = r.PathValue(p)
@@ -69,7 +73,7 @@ func (v *validator) validate(r *http.Request) error {
 		PathParams: params,
 		Route:      v.route,
 		Options: &openapi3filter.Options{
-			AuthenticationFunc: openapi3filter.NoopAuthenticationFunc,
+			AuthenticationFunc:  openapi3filter.NoopAuthenticationFunc,
 			SkipSettingDefaults: true,
 		},
 	}
@@ -98,21 +102,26 @@ func validationMessage(err error) string {
 			return fmt.Sprintf("invalid %s: %s", where, se.Reason)
 		}
 		if re.Parameter != nil {
-			return fmt.Sprintf("invalid %s parameter %s: %s", re.Parameter.In, re.Parameter.Name, unwrapMsg(re.Err))
+			return fmt.Sprintf("invalid %s parameter %s: %s", re.Parameter.In, re.Parameter.Name, reason(re))
 		}
 		if re.RequestBody != nil {
-			return "invalid request body: " + unwrapMsg(re.Err)
+			return "invalid request body: " + reason(re)
 		}
 		return re.Error()
 	}
 	return err.Error()
 }
 
-func unwrapMsg(err error) string {
-	if err == nil {
-		return "invalid"
+func reason(re *openapi3filter.RequestError) string {
+	switch {
+	case re.Err != nil && re.Reason != "":
+		return re.Reason + ": " + re.Err.Error()
+	case re.Err != nil:
+		return re.Err.Error()
+	case re.Reason != "":
+		return re.Reason
 	}
-	return err.Error()
+	return "invalid"
 }
 
 // pathParamNames returns the {names} in an OpenAPI path template.

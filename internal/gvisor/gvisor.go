@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -164,10 +165,12 @@ func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network
 		debugDir = filepath.Join(dir, "debug")
 	}
 	args := d.globalArgs(debugDir)
+	pidFile := filepath.Join(dir, pidFileName)
+	os.Remove(pidFile)
 	if image == "" {
-		args = append(args, "run", "--detach", "--bundle", dir, id)
+		args = append(args, "run", "--detach", "--pid-file", pidFile, "--bundle", dir, id)
 	} else {
-		args = append(args, "restore", "--detach", "--image-path", image, "--bundle", dir, id)
+		args = append(args, "restore", "--detach", "--pid-file", pidFile, "--image-path", image, "--bundle", dir, id)
 	}
 	// The container inherits these files as its stdio, so they must be
 	// files: a pipe would keep Wait blocked for the sandbox's lifetime.
@@ -180,7 +183,10 @@ func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network
 	return nil
 }
 
-const consoleLog = "console.log"
+const (
+	consoleLog  = "console.log"
+	pidFileName = "sandbox.pid"
+)
 
 type containerState struct {
 	ID     string `json:"id"`
@@ -200,7 +206,8 @@ func (d *Driver) state(ctx context.Context, id string) (containerState, error) {
 	return s, nil
 }
 
-// attach builds an instance for a running container.
+// attach builds an instance for a running container, asking runsc for its
+// sandbox pid.
 func (d *Driver) attach(ctx context.Context, id, dir string) (*instance, error) {
 	s, err := d.state(ctx, id)
 	if err != nil {
@@ -209,11 +216,29 @@ func (d *Driver) attach(ctx context.Context, id, dir string) (*instance, error) 
 	if s.Status != "running" || s.PID <= 0 {
 		return nil, fmt.Errorf("container %s is %s", id, s.Status)
 	}
-	pidfd, done, err := watchPID(s.PID)
+	return d.attachPID(id, dir, s.PID)
+}
+
+// attachStarted builds an instance for a container just started, from the
+// pid file runsc wrote: cheaper than another runsc invocation.
+func (d *Driver) attachStarted(id, dir string) (*instance, error) {
+	b, err := os.ReadFile(filepath.Join(dir, pidFileName))
+	if err != nil {
+		return nil, fmt.Errorf("read pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return nil, fmt.Errorf("bad pid file %q", b)
+	}
+	return d.attachPID(id, dir, pid)
+}
+
+func (d *Driver) attachPID(id, dir string, pid int) (*instance, error) {
+	pidfd, done, err := watchPID(pid)
 	if err != nil {
 		return nil, err
 	}
-	return &instance{d: d, id: id, dir: dir, pid: s.PID, pidfd: pidfd, done: done}, nil
+	return &instance{d: d, id: id, dir: dir, pid: pid, pidfd: pidfd, done: done}, nil
 }
 
 // BuildSnapshot implements runtime.Runtime. dir is the build sandbox's
@@ -233,7 +258,7 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 	// A leftover of an interrupted build would make `runsc run` fail.
 	d.remove(ctx, id)
 	err := writeBundle(dir, bundleParams{
-		id: id, rootfs: t.RootfsDir, netns: slot.NetnsPath,
+		hostname: templateHostname, rootfs: t.RootfsDir, netns: slot.NetnsPath,
 		cgroup: d.cgroupPath(id), vcpus: t.VCPUs, memoryMB: t.MemoryMB,
 	})
 	if err != nil {
@@ -271,6 +296,11 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 	}
 	return nil
 }
+
+// templateHostname is the hostname of every sandbox restored from a
+// template: runsc restores the UTS namespace from the checkpoint and ignores
+// the bundle's hostname, so envd's /init sets the sandbox's own.
+const templateHostname = "sandbox"
 
 // snapshotMeta records what a checkpoint needs at restore: runsc restores
 // only with the platform and overlay it was saved with.
@@ -326,7 +356,7 @@ func (d *Driver) Restore(ctx context.Context, src runtime.Source, spec runtime.S
 		return nil, fmt.Errorf("gvisor: create sandbox dir: %w", err)
 	}
 	err := writeBundle(spec.Dir, bundleParams{
-		id: spec.ID, rootfs: src.Template.RootfsDir, netns: spec.Slot.NetnsPath,
+		hostname: spec.ID, rootfs: src.Template.RootfsDir, netns: spec.Slot.NetnsPath,
 		cgroup: d.cgroupPath(spec.ID), vcpus: spec.VCPUs, memoryMB: spec.MemoryMB,
 	})
 	if err == nil {
@@ -334,7 +364,7 @@ func (d *Driver) Restore(ctx context.Context, src runtime.Source, spec runtime.S
 	}
 	var inst *instance
 	if err == nil {
-		inst, err = d.attach(ctx, spec.ID, spec.Dir)
+		inst, err = d.attachStarted(spec.ID, spec.Dir)
 	}
 	if err != nil {
 		cleanCtx := context.WithoutCancel(ctx)

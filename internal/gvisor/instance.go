@@ -138,6 +138,12 @@ func watchPID(pid int) (syscall.RawConn, <-chan struct{}, error) {
 			waited = true
 			return false
 		})
+		// runsc leaves the sandbox to init to reap, and runsc delete waits
+		// until it is reaped. When that is us (we run as PID 1 or a child
+		// subreaper), reap it here; otherwise this fails with ECHILD.
+		rc.Control(func(fd uintptr) {
+			unix.Waitid(unix.P_PIDFD, int(fd), nil, unix.WEXITED|unix.WNOHANG, nil)
+		})
 	}()
 	return rc, done, nil
 }

@@ -1,6 +1,3 @@
-// Package network manages sandbox network slots: one network namespace per
-// sandbox, joined to the host by a veth pair, holding the TAP device of a
-// microVM or the gVisor sandbox itself, with NAT-ed and filtered egress.
 package network
 
 import "net/netip"
@@ -41,11 +38,17 @@ type Slot struct {
 	Addr netip.Prefix
 }
 
+// TapPrefix is the guest's link: GuestGateway/30, holding GuestIP.
+func TapPrefix() netip.Prefix { return netip.PrefixFrom(GuestGateway, GuestPrefixLen).Masked() }
+
 // Egress is the per-sandbox outbound policy.
 type Egress struct {
-	// Disabled drops all outbound traffic from the sandbox.
+	// Disabled drops all outbound traffic from the sandbox, whatever the
+	// lists say; the host still reaches the sandbox at Slot.Addr.
 	Disabled bool
-	// AllowOut and DenyOut are CIDRs (or bare IPs); allow wins over deny.
+	// AllowOut and DenyOut are IPv4 CIDRs (or bare IPs); allow wins over
+	// deny, so DenyOut 0.0.0.0/0 plus an AllowOut list is an allowlist.
+	// IPv6 entries are accepted and have no effect: IPv6 never leaves a slot.
 	AllowOut []string
 	DenyOut  []string
 }

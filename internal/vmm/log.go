@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // TailLog returns the last n lines of the file at path (a console log),
@@ -32,7 +33,7 @@ func TailLog(path string, n int) string {
 // to err, so a guest that died says why.
 func withTail(err error, dir string) error {
 	msg := ""
-	if t := TailLog(consolePath(dir), 20); t != "" {
+	if t := consoleTail(consolePath(dir)); t != "" {
 		msg += "\nconsole tail:\n" + t
 	}
 	if t := TailLog(stderrPath(dir), 5); t != "" {
@@ -42,4 +43,16 @@ func withTail(err error, dir string) error {
 		return err
 	}
 	return fmt.Errorf("%w%s", err, msg)
+}
+
+// consoleTail is the end of a console log, or, when the kernel panicked,
+// the lines leading to the panic rather than the stack dump after it.
+func consoleTail(path string) string {
+	lines := strings.Split(TailLog(path, 300), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], "Kernel panic") {
+			return strings.Join(lines[max(0, i-15):i+1], "\n")
+		}
+	}
+	return strings.Join(lines[max(0, len(lines)-20):], "\n")
 }

@@ -93,7 +93,9 @@ func (l launchSpec) args() []string {
 	a := []string{
 		"-name", "cocoon-" + l.ID,
 		"-nodefaults", "-no-user-config", "-no-reboot", "-nographic",
-		"-machine", "microvm,memory-backend=mem",
+		// No option ROMs: qboot loads the kernel itself, and a restore
+		// then needs no -kernel.
+		"-machine", "microvm,memory-backend=mem,x-option-roms=off",
 		"-smp", strconv.Itoa(m.VCPUs),
 		"-m", strconv.Itoa(m.MemoryMB) + "M",
 	}
@@ -113,11 +115,15 @@ func (l launchSpec) args() []string {
 	} else {
 		a = append(a, "-object", "memory-backend-ram,id=mem,size="+size)
 	}
-	a = append(a, "-kernel", m.Kernel)
-	if m.Initrd != "" {
-		a = append(a, "-initrd", m.Initrd)
+	if !l.Incoming {
+		// An incoming guest's RAM already holds its kernel; loading it
+		// again would cost time and QEMU heap (fw_cfg copies) per clone.
+		a = append(a, "-kernel", m.Kernel, "-append", m.Cmdline)
+		if m.Initrd != "" {
+			a = append(a, "-initrd", m.Initrd)
+		}
 	}
-	a = append(a, "-append", m.Cmdline,
+	a = append(a,
 		"-chardev", "file,id=con,path="+qemuEscape(consolePath(l.Dir)),
 		"-serial", "chardev:con",
 		// fd 3 is the QMP socket, bound and listening before QEMU starts,
@@ -187,6 +193,7 @@ func (r *Runtime) launch(ctx context.Context, l launchSpec) (*Instance, error) {
 	cmd.Stdout = stderr
 	cmd.ExtraFiles = []*os.File{lf}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	t0 := time.Now()
 	if err := startIn(l.Slot, cmd); err != nil {
 		return nil, fmt.Errorf("start qemu: %w", err)
 	}
@@ -214,6 +221,7 @@ func (r *Runtime) launch(ctx context.Context, l launchSpec) (*Instance, error) {
 		inst.kill()
 		return nil, withTail(fmt.Errorf("connect to qemu: %w", err), l.Dir)
 	}
+	r.log.Debug("vmm: qemu up", "id", l.ID, "qmp", time.Since(t0))
 	return inst, nil
 }
 

@@ -21,6 +21,21 @@ import (
 // metadata given at upload (X-Metadata-<key> headers).
 const MetadataXattrPrefix = "user.e2b."
 
+// uploadTempMarker marks the temporary files /files uploads go through;
+// watchers hide them, so clients see only the target file.
+const uploadTempMarker = ".envd-upload-"
+
+// UploadTempPattern is the os.CreateTemp pattern of an upload to a file
+// named base.
+func UploadTempPattern(base string) string {
+	return "." + base + uploadTempMarker + "*"
+}
+
+func isUploadTemp(path string) bool {
+	base := filepath.Base(path)
+	return strings.HasPrefix(base, ".") && strings.Contains(base, uploadTempMarker)
+}
+
 // names caches uid/gid → name lookups for the duration of one request:
 // without cgo, every lookup parses /etc/passwd or /etc/group.
 type names struct {

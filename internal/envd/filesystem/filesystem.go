@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -75,6 +76,7 @@ func New(sess *session.Session, opts ...Option) *Service {
 
 // Handler returns the Connect handler of filesystem.Filesystem, mounted at the returned path.
 func (s *Service) Handler(opts ...connect.HandlerOption) (string, http.Handler) {
+	opts = append([]connect.HandlerOption{connect.WithInterceptors(badFrames{})}, opts...)
 	return filesystemconnect.NewFilesystemHandler(s, opts...)
 }
 

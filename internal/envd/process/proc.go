@@ -1,8 +1,9 @@
 package process
 
 import (
+	"context"
 	"errors"
-	"io"
+	"fmt"
 	"os"
 	"os/exec"
 	"sync"
@@ -52,7 +53,7 @@ type proc struct {
 	outs []*os.File
 
 	inMu    sync.Mutex
-	stdin   io.WriteCloser // nil when the process has no stdin
+	stdin   *os.File // nil when the process has no stdin
 	inEnded bool
 
 	mu   sync.Mutex
@@ -214,8 +215,9 @@ func endEvent(st *os.ProcessState, waitErr error) *pb.ProcessEvent_EndEvent {
 	return end
 }
 
-// write sends input to the process's stdin or PTY.
-func (p *proc) write(b []byte) error {
+// write sends input to the process's stdin or PTY. It gives up when ctx
+// ends: a process that does not read must not pin the request forever.
+func (p *proc) write(ctx context.Context, b []byte) error {
 	p.inMu.Lock()
 	defer p.inMu.Unlock()
 	if p.stdin == nil {
@@ -224,7 +226,16 @@ func (p *proc) write(b []byte) error {
 	if p.inEnded {
 		return errStdinClosed
 	}
+	_ = p.stdin.SetWriteDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { _ = p.stdin.SetWriteDeadline(time.Now()) })
+	defer stop()
 	_, err := p.stdin.Write(b)
+	switch {
+	case errors.Is(err, syscall.EPIPE):
+		return errStdinClosed // the process closed its end
+	case errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil:
+		return fmt.Errorf("write stdin: %w", ctx.Err())
+	}
 	return err
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cocoon-run/cocoon/internal/template/cache"
@@ -38,7 +39,7 @@ type Kernel struct {
 // unpacked under <cacheRoot>/kernel/<package>_<version>/, downloading it
 // only when that is not there yet.
 func Fetch(ctx context.Context, cacheRoot string) (*Kernel, error) {
-	pkg, ver, err := Resolve(ctx, MetaPackage)
+	pkg, ver, err := resolveCached(ctx, cacheRoot, MetaPackage)
 	if err != nil {
 		return nil, err
 	}
@@ -76,6 +77,43 @@ func Resolve(ctx context.Context, meta string) (pkg, version string, err error) 
 	}
 	if version = parseField(out, "Version"); version == "" {
 		return "", "", fmt.Errorf("resolve %s: no version for %s", meta, pkg)
+	}
+	return pkg, version, nil
+}
+
+// aptLists is where apt keeps the package lists that Resolve reads.
+const aptLists = "/var/lib/apt/lists"
+
+// resolveCached is Resolve, remembered until apt's package lists change:
+// apt-cache takes seconds per call on hosts that disable its binary cache.
+func resolveCached(ctx context.Context, cacheRoot, meta string) (pkg, version string, err error) {
+	entries, err := os.ReadDir(aptLists)
+	if err != nil {
+		return Resolve(ctx, meta)
+	}
+	parts := []string{"resolve", "1", meta}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		parts = append(parts, e.Name(), strconv.FormatInt(info.Size(), 10), strconv.FormatInt(info.ModTime().UnixNano(), 10))
+	}
+	memo := filepath.Join(cacheRoot, "kernel", ".resolved-"+cache.Key(parts...))
+	if b, err := os.ReadFile(memo); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			return f[0], f[1], nil
+		}
+	}
+	if pkg, version, err = Resolve(ctx, meta); err != nil {
+		return "", "", err
+	}
+	// Best effort: a lost memo only costs another apt-cache run.
+	if err := os.MkdirAll(filepath.Dir(memo), 0o755); err == nil {
+		tmp := memo + ".tmp"
+		if os.WriteFile(tmp, []byte(pkg+" "+version+"\n"), 0o644) == nil {
+			os.Rename(tmp, memo)
+		}
 	}
 	return pkg, version, nil
 }

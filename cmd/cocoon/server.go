@@ -1,0 +1,329 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
+	"github.com/cocoon-run/cocoon/internal/api"
+	"github.com/cocoon-run/cocoon/internal/orchestrator"
+	"github.com/cocoon-run/cocoon/internal/proxy"
+	"github.com/cocoon-run/cocoon/internal/store"
+	"github.com/cocoon-run/cocoon/internal/template/base"
+)
+
+// serverFlags configure the parts of `cocoon server`.
+type serverFlags struct {
+	listen      string
+	proxyListen string
+	nodeListen  string
+	nodeURL     string
+	db          string
+	domain      string
+	nodeID      string
+	prewarm     int
+	debug       bool
+	node        nodeFlags
+}
+
+func (f *serverFlags) registerAPI(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.listen, "listen", envOr("COCOON_LISTEN", "127.0.0.1:3000"), "address of the REST API (E2B_API_URL)")
+	fl.StringVar(&f.db, "db", envOr("COCOON_DB", ""), "database: a postgres:// DSN, or sqlite:///path (default: SQLite in the data dir)")
+	fl.StringVar(&f.domain, "domain", envOr("COCOON_DOMAIN", ""), "sandbox domain for host routing (<port>-<id>.<domain>)")
+}
+
+func (f *serverFlags) registerProxy(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.proxyListen, "proxy-listen", envOr("COCOON_PROXY_LISTEN", "127.0.0.1:3001"), "address of the sandbox proxy (E2B_SANDBOX_URL)")
+}
+
+func (f *serverFlags) registerNode(cmd *cobra.Command) {
+	host, _ := os.Hostname()
+	fl := cmd.Flags()
+	fl.StringVar(&f.nodeID, "node-id", envOr("COCOON_NODE_ID", host), "name of this node")
+	fl.IntVar(&f.prewarm, "prewarm", 4, "network slots kept ready for creates")
+	f.node.register(cmd)
+}
+
+func newServerCmd(g *globalFlags) *cobra.Command {
+	f := &serverFlags{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run api, orchestrator and proxy in one process (embedded SQLite, base template)",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runServer(cmd.Context(), g, f, true, true, true)
+		},
+	}
+	f.registerAPI(cmd)
+	f.registerProxy(cmd)
+	f.registerNode(cmd)
+	cmd.Flags().BoolVar(&f.debug, "debug", false, "debug logging")
+	return cmd
+}
+
+func newAPICmd(g *globalFlags) *cobra.Command {
+	f := &serverFlags{}
+	cmd := &cobra.Command{
+		Use:   "api",
+		Short: "Run the REST control plane alone; it reaches the orchestrator over its RPC",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runServer(cmd.Context(), g, f, true, false, false)
+		},
+	}
+	f.registerAPI(cmd)
+	cmd.Flags().StringVar(&f.nodeURL, "node-url", envOr("COCOON_NODE_URL", ""), "URL of the orchestrator (default: its unix socket in the data dir)")
+	cmd.Flags().StringVar(&f.nodeID, "node-id", envOr("COCOON_NODE_ID", ""), "name of the node (default: the name it reports)")
+	cmd.Flags().BoolVar(&f.debug, "debug", false, "debug logging")
+	return cmd
+}
+
+func newOrchestratorCmd(g *globalFlags) *cobra.Command {
+	f := &serverFlags{}
+	cmd := &cobra.Command{
+		Use:   "orchestrator",
+		Short: "Run the node orchestrator alone, serving its authenticated RPC",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runServer(cmd.Context(), g, f, false, true, false)
+		},
+	}
+	f.registerNode(cmd)
+	cmd.Flags().StringVar(&f.nodeListen, "node-listen", envOr("COCOON_NODE_LISTEN", ""), "TCP address of the node RPC (default: a unix socket in the data dir)")
+	cmd.Flags().BoolVar(&f.debug, "debug", false, "debug logging")
+	return cmd
+}
+
+func newProxyCmd(g *globalFlags) *cobra.Command {
+	f := &serverFlags{}
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Run the sandbox proxy alone; it reads sandbox placement from the database",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runServer(cmd.Context(), g, f, false, false, true)
+		},
+	}
+	f.registerProxy(cmd)
+	cmd.Flags().StringVar(&f.db, "db", envOr("COCOON_DB", ""), "database (as for `cocoon api`)")
+	cmd.Flags().StringVar(&f.domain, "domain", envOr("COCOON_DOMAIN", ""), "sandbox domain for host routing")
+	cmd.Flags().StringVar(&f.nodeURL, "node-url", envOr("COCOON_NODE_URL", ""), "URL of the orchestrator, for auto-resume (default: its unix socket)")
+	cmd.Flags().BoolVar(&f.debug, "debug", false, "debug logging")
+	return cmd
+}
+
+// runServer runs the chosen parts until ctx ends, then shuts down gracefully.
+// Sandboxes outlive the process: the next start re-adopts them.
+func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, withNode, withProxy bool) error {
+	log := newLogger(os.Stderr, f.debug)
+	slog.SetDefault(log)
+	dataDir, err := filepath.Abs(g.dataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	nodeToken, _, err := loadOrCreateSecret(filepath.Join(dataDir, "node.token"))
+	if err != nil {
+		return err
+	}
+	sock := filepath.Join(dataDir, "node.sock")
+	group, ctx := errgroup.WithContext(ctx)
+	var servers []*http.Server
+	serve := func(name string, ln net.Listener, h http.Handler) {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetUnencryptedHTTP2(true)
+		servers = append(servers, srv)
+		log.Info("listening", "part", name, "addr", ln.Addr().String())
+		group.Go(func() error {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			return nil
+		})
+	}
+
+	var tmplRuntimes []string
+	if withNode {
+		tdir, err := currentTemplate(dataDir, base.Name)
+		if err != nil {
+			return err
+		}
+		tmpl, err := base.Load(tdir)
+		if err != nil {
+			return err
+		}
+		n, err := openNode(ctx, dataDir, &f.node, tmpl, log)
+		if err != nil {
+			return err
+		}
+		for _, name := range n.names() {
+			if hasSnapshot(tmpl, name) {
+				tmplRuntimes = append(tmplRuntimes, name)
+			}
+		}
+		if !hasSnapshot(tmpl, n.def) {
+			return fmt.Errorf("the base template has no %s snapshot: run `cocoon template build base --data-dir %s`", n.def, dataDir)
+		}
+		log.Info("runtime chosen", "default", n.def, "available", n.names(), "accel", n.accel, "why", n.reason)
+		o, err := orchestrator.New(ctx, orchestrator.Config{
+			NodeID: f.nodeID, DataDir: dataDir, Runtimes: n.runtimes, Default: n.def,
+			Slots: n.slots, Logger: log, Accel: n.accel, Reason: n.reason,
+		})
+		if err != nil {
+			return err
+		}
+		group.Go(func() error {
+			if err := n.slots.Prewarm(ctx, f.prewarm); err != nil && ctx.Err() == nil {
+				log.Warn("prewarm network slots", "err", err)
+			}
+			return nil
+		})
+		path, h, err := orchestrator.NewHandler(o, nodeToken)
+		if err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle(path, h)
+		var ln net.Listener
+		if f.nodeListen != "" {
+			ln, err = net.Listen("tcp", f.nodeListen)
+		} else {
+			_ = os.Remove(sock)
+			ln, err = net.Listen("unix", sock)
+			if err == nil {
+				err = os.Chmod(sock, 0o600)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("node rpc listener: %w", err)
+		}
+		serve("orchestrator", ln, mux)
+	}
+
+	var apiSrv *api.Server
+	if withAPI || withProxy {
+		dsn := f.db
+		if dsn == "" {
+			dsn = "sqlite://" + filepath.Join(dataDir, "cocoon.db")
+		}
+		st, err := store.Open(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		client := nodeClient(f.nodeURL, sock, nodeToken)
+		nodeID := f.nodeID
+		if nodeID == "" {
+			nodeID, err = askNodeID(ctx, client)
+			if err != nil {
+				return err
+			}
+		}
+		adminToken := os.Getenv("COCOON_ADMIN_TOKEN")
+		if adminToken == "" {
+			var created bool
+			adminToken, created, err = loadOrCreateSecret(filepath.Join(dataDir, "admin.token"))
+			if err != nil {
+				return err
+			}
+			if created {
+				fmt.Fprintf(os.Stderr, "cocoon: generated the admin token (for `cocoon team` and `cocoon key`): %s\n  it is kept in %s\n", adminToken, filepath.Join(dataDir, "admin.token"))
+			}
+		}
+		if withAPI && withNode {
+			tdir, _ := currentTemplate(dataDir, base.Name)
+			tmpl, err := base.Load(tdir)
+			if err != nil {
+				return err
+			}
+			if err := bootstrap(ctx, st, dataDir, "http://"+f.listen, "http://"+f.proxyListen, tmpl, tmplRuntimes, os.Stderr); err != nil {
+				return err
+			}
+		}
+		apiSrv, err = api.New(api.Config{Domain: f.domain, AdminToken: adminToken}, st,
+			api.NewStaticNodes(map[string]orchestratorv1connect.OrchestratorServiceClient{nodeID: client}), log)
+		if err != nil {
+			return err
+		}
+		if withAPI {
+			ln, err := net.Listen("tcp", f.listen)
+			if err != nil {
+				return fmt.Errorf("api listener: %w", err)
+			}
+			serve("api", ln, apiSrv.Handler())
+			group.Go(func() error { return apiSrv.Run(ctx) })
+		}
+	}
+	if withProxy {
+		ln, err := net.Listen("tcp", f.proxyListen)
+		if err != nil {
+			return fmt.Errorf("proxy listener: %w", err)
+		}
+		serve("proxy", ln, proxy.New(resolver{apiSrv}, f.domain, log))
+	}
+
+	group.Go(func() error {
+		<-ctx.Done()
+		log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, s := range servers {
+			_ = s.Shutdown(sctx)
+		}
+		return nil
+	})
+	err = group.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// resolver adapts the api's sandbox lookup to the proxy.
+type resolver struct{ api *api.Server }
+
+func (r resolver) Resolve(ctx context.Context, id string) (string, error) {
+	addr, err := r.api.Resolve(ctx, id)
+	switch {
+	case errors.Is(err, api.ErrSandboxNotFound):
+		return "", proxy.ErrNotFound
+	case errors.Is(err, api.ErrSandboxPaused):
+		return "", proxy.ErrPaused
+	}
+	return addr, err
+}
+
+// nodeClient returns the node RPC client: over TCP when url is set, else
+// over the orchestrator's unix socket.
+func nodeClient(url, sock, token string) orchestratorv1connect.OrchestratorServiceClient {
+	if url != "" {
+		return orchestrator.NewClient(http.DefaultClient, strings.TrimRight(url, "/"), token)
+	}
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+		MaxIdleConnsPerHost: 32,
+	}}
+	return orchestrator.NewClient(hc, "http://node", token)
+}
+
+func askNodeID(ctx context.Context, c orchestratorv1connect.OrchestratorServiceClient) (string, error) {
+	resp, err := c.Node(ctx, connectRequestNode())
+	if err != nil {
+		return "", fmt.Errorf("ask the orchestrator its node id (is it running?): %w", err)
+	}
+	return resp.Msg.GetNodeId(), nil
+}

@@ -1,0 +1,85 @@
+// Command envd is the daemon inside every Cocoon sandbox: it serves the
+// E2B-compatible process and filesystem services, file transfer, /init and
+// metrics on one port. Build it static: CGO_ENABLED=0 go build ./cmd/envd.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/cocoon-run/cocoon/internal/envd"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "envd:", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok {
+		return v
+	}
+	return def
+}
+
+func run() error {
+	port := envd.DefaultPort
+	if v := os.Getenv("ENVD_PORT"); v != "" {
+		p, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("parse ENVD_PORT: %w", err)
+		}
+		port = p
+	}
+	fs := flag.NewFlagSet("envd", flag.ContinueOnError)
+	fs.IntVar(&port, "port", port, "port to listen on (env ENVD_PORT)")
+	addr := fs.String("addr", envOr("ENVD_ADDR", ""), "address to listen on; overrides -port (env ENVD_ADDR)")
+	token := fs.String("token", envOr("ENVD_ACCESS_TOKEN", ""), "initial access token (env ENVD_ACCESS_TOKEN)")
+	defUser := fs.String("default-user", envOr("ENVD_DEFAULT_USER", ""), `default account (default "user" when it exists, else envd's own)`)
+	debug := fs.Bool("debug", os.Getenv("ENVD_DEBUG") != "", "log every request (env ENVD_DEBUG)")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return err
+	}
+	if *version {
+		fmt.Println(envd.Version)
+		return nil
+	}
+
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	listen := *addr
+	if listen == "" {
+		listen = net.JoinHostPort("", strconv.Itoa(port))
+	}
+	srv, err := envd.New(envd.Config{AccessToken: *token, DefaultUser: *defUser, Logger: log})
+	if err != nil {
+		return fmt.Errorf("assemble envd: %w", err)
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log.Info("envd starting", "version", envd.Version, "addr", ln.Addr().String(), "pid", os.Getpid(), "token", *token != "")
+	if err := srv.Serve(ctx, ln); err != nil {
+		return err
+	}
+	log.Info("envd stopped")
+	return nil
+}

@@ -1,0 +1,106 @@
+package gvisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cocoon-run/cocoon/internal/network"
+	"github.com/cocoon-run/cocoon/internal/runtime"
+)
+
+// BenchmarkRestore measures a create: Restore from the template snapshot
+// until envd's /health answers from the host.
+//
+//	go test -run '^$' -bench Restore -benchtime 10x ./internal/gvisor
+func BenchmarkRestore(b *testing.B) {
+	need(b)
+	d := newDriver(b)
+	tpl := newTemplate(b, d)
+	slots := []*network.Slot{newSlot(b), newSlot(b)}
+	var toHealth, toRunning []time.Duration
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		spec := runtime.Spec{
+			ID: fmt.Sprintf("bench%d-%d", os.Getpid()%10000, i), Dir: filepath.Join(b.TempDir(), "sbx"),
+			VCPUs: 1, MemoryMB: 256, Slot: slots[i%len(slots)],
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		start := time.Now()
+		inst, err := d.Restore(ctx, runtime.Source{Template: tpl}, spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		toRunning = append(toRunning, time.Since(start))
+		if err := WaitEnvd(ctx, spec.Slot.Addr.Addr()); err != nil {
+			b.Fatal(err)
+		}
+		toHealth = append(toHealth, time.Since(start))
+		cancel()
+		b.StopTimer()
+		if err := inst.Kill(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(percentile(toHealth, 50), "p50-ms")
+	b.ReportMetric(percentile(toHealth, 99), "p99-ms")
+	b.ReportMetric(percentile(toRunning, 50), "restore-p50-ms")
+}
+
+func percentile(ds []time.Duration, p int) float64 {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s)*p + 99) / 100
+	return float64(s[max(i-1, 0)].Microseconds()) / 1000
+}
+
+// BenchmarkPythonLoop compares a CPU-bound Python loop (10^6 additions,
+// timed by Python itself) inside a sandbox with the host. Needs the Debian
+// test rootfs and python3 on the host.
+//
+//	go test -run '^$' -bench PythonLoop -benchtime 5x ./internal/gvisor
+func BenchmarkPythonLoop(b *testing.B) {
+	need(b)
+	if !fx.debian {
+		b.Skip("needs the Debian test rootfs ($COCOON_TEST_DATA_DIR/gvt-rootfs)")
+	}
+	host, err := exec.LookPath("python3")
+	if err != nil {
+		b.Skip("no python3 on the host")
+	}
+	d := newDriver(b)
+	tpl := newTemplate(b, d)
+	_, spec := restore(b, d, runtime.Source{Template: tpl})
+	const prog = "import time\nt=time.perf_counter()\ns=0\nfor i in range(10**6): s+=i\nprint((time.perf_counter()-t)*1000)"
+	run := func(args ...string) float64 {
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			b.Fatalf("%v: %v: %s", args, err, out)
+		}
+		ms, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+		if err != nil {
+			b.Fatalf("%v: %q: %v", args, out, err)
+		}
+		return ms
+	}
+	var inside, onHost []time.Duration
+	var execWall []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		ms := run(append([]string{d.cfg.Runsc}, append(d.globalArgs(""), "exec", spec.ID, "python3", "-c", prog)...)...)
+		execWall = append(execWall, time.Since(start))
+		inside = append(inside, time.Duration(ms*float64(time.Millisecond)))
+		onHost = append(onHost, time.Duration(run(host, "-c", prog)*float64(time.Millisecond)))
+	}
+	b.ReportMetric(percentile(inside, 50), "sandbox-ms")
+	b.ReportMetric(percentile(onHost, 50), "host-ms")
+	b.ReportMetric(percentile(execWall, 50), "exec-wall-ms")
+}

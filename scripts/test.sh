@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test suite of Cocoon: static checks, Go unit and integration
+# tests (real QEMU, gVisor, network namespaces, SQLite and PostgreSQL), and
+# the end-to-end suites driven by the official e2b npm SDK. `make test` runs
+# it after `scripts/setup.sh` and the build; CI runs `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+export COCOON_TEST_DATA_DIR="${COCOON_TEST_DATA_DIR:-/var/lib/cocoon-test}"
+export ENVD_BIN="$root/bin/envd"
+export COCOON_BIN="$root/bin/cocoon"
+mkdir -p "$COCOON_TEST_DATA_DIR"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "static checks: gofmt, go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go') 2>/dev/null || true)
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed on:"; echo "$unformatted"; exit 1
+fi
+go vet ./...
+
+step "PostgreSQL for the store tests"
+eval "$(./scripts/pg-test.sh start)"
+export COCOON_REQUIRE_PG=1
+trap './scripts/pg-test.sh stop >/dev/null 2>&1 || true' EXIT
+
+step "Go tests (unit and integration)"
+go test -count=1 -timeout 40m ./...
+
+step "envd end to end with the official e2b SDK (E2B_DEBUG=true)"
+(cd tests/e2e && node --test --test-reporter=spec envd.test.mjs)
+
+if [ -f tests/e2e/server.test.mjs ]; then
+	step "cocoon server end to end with the official e2b SDK"
+	./scripts/e2e-server.sh
+fi
+echo
+echo "all test suites passed"
