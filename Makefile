@@ -24,6 +24,7 @@ setup:
 	./scripts/setup.sh
 
 run: setup build
+	$(BIN)/cocoon setup --data-dir $(DATA_DIR)
 	$(BIN)/cocoon template build base --data-dir $(DATA_DIR)
 	$(BIN)/cocoon server --data-dir $(DATA_DIR)
 

@@ -20,6 +20,10 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 
+step "runtimes: runsc for gVisor (built once into \$COCOON_TEST_DATA_DIR/bin)"
+"$COCOON_BIN" setup --data-dir "$COCOON_TEST_DATA_DIR"
+export COCOON_RUNSC="$COCOON_TEST_DATA_DIR/bin/runsc"
+
 step "PostgreSQL for the store tests"
 eval "$(./scripts/pg-test.sh start)"
 export COCOON_REQUIRE_PG=1

@@ -42,6 +42,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", def, "directory holding all of Cocoon's state (also COCOON_DATA_DIR)")
 	root.AddCommand(
 		newVersionCmd(),
+		newSetupCmd(g),
 		newTemplateCmd(g),
 		newServerCmd(g),
 		newAPICmd(g),

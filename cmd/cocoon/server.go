@@ -177,6 +177,13 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 			return fmt.Errorf("the base template has no %s snapshot: run `cocoon template build base --data-dir %s`", n.def, dataDir)
 		}
 		log.Info("runtime chosen", "default", n.def, "available", n.names(), "accel", n.accel, "why", n.reason)
+		// Warm slots die with the process; slots in use stay for their
+		// sandboxes, which the next start re-adopts.
+		defer func() {
+			if err := n.slots.Close(context.Background()); err != nil {
+				log.Warn("close network slots", "err", err)
+			}
+		}()
 		o, err := orchestrator.New(ctx, orchestrator.Config{
 			NodeID: f.nodeID, DataDir: dataDir, Runtimes: n.runtimes, Default: n.def,
 			Slots: n.slots, Logger: log, Accel: n.accel, Reason: n.reason,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cocoon-run/cocoon/internal/nodeauth"
 	"slices"
 	"sync"
 
@@ -88,35 +89,6 @@ func (s *StaticNodes) IDs() []string {
 // NewNodeClient returns an orchestrator client for the node at baseURL that
 // authenticates every call with the node's bearer token.
 func NewNodeClient(httpClient connect.HTTPClient, baseURL, token string, opts ...connect.ClientOption) orchestratorv1connect.OrchestratorServiceClient {
-	opts = append([]connect.ClientOption{connect.WithInterceptors(BearerInterceptor(token))}, opts...)
+	opts = append([]connect.ClientOption{connect.WithInterceptors(nodeauth.Client(token))}, opts...)
 	return orchestratorv1connect.NewOrchestratorServiceClient(httpClient, baseURL, opts...)
-}
-
-// BearerInterceptor adds "Authorization: Bearer <token>" to unary and
-// streaming client calls.
-func BearerInterceptor(token string) connect.Interceptor {
-	return bearerInterceptor{value: "Bearer " + token}
-}
-
-type bearerInterceptor struct{ value string }
-
-func (b bearerInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if req.Spec().IsClient {
-			req.Header().Set("Authorization", b.value)
-		}
-		return next(ctx, req)
-	}
-}
-
-func (b bearerInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
-		conn := next(ctx, spec)
-		conn.RequestHeader().Set("Authorization", b.value)
-		return conn
-	}
-}
-
-func (b bearerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return next
 }

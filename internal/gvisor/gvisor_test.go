@@ -25,6 +25,7 @@ type fixture struct {
 	runsc  string
 	rootfs string // the template tree, with the test envd as envd
 	debian bool   // rootfs is a Debian tree (bash, python3, dmesg)
+	tmp    string // removed after the tests
 	slots  atomic.Int32
 }
 
@@ -40,6 +41,9 @@ func TestMain(m *testing.M) {
 			fx = nil
 		}
 		defer func() {
+			if fx != nil {
+				os.RemoveAll(fx.tmp)
+			}
 			// runsc removes each sandbox's cgroup but not their parent.
 			dirs, _ := filepath.Glob("/sys/fs/cgroup/*/gvt-test")
 			for _, d := range dirs {
@@ -82,6 +86,7 @@ func setup() (*fixture, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.tmp = tmp
 	envd := filepath.Join(tmp, "envd")
 	build := exec.Command("go", "build", "-o", envd, "./testdata/testenvd")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -1,12 +1,18 @@
 package orchestrator
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/cocoon-run/cocoon/internal/runtime"
 )
@@ -38,12 +44,24 @@ func (o *Orchestrator) reconcile(ctx context.Context) error {
 	}
 	var errs []error
 	for name, rt := range o.cfg.Runtimes {
-		if rc, ok := rt.(runtime.Reconciler); ok {
+		switch rc := rt.(type) {
+		case runtime.Reconciler:
 			if err := rc.Reconcile(ctx, keep); err != nil {
 				errs = append(errs, err)
 				o.log.Warn("runtime reconcile", "runtime", name, "err", err)
 			}
+		case containerCleaner:
+			if err := cleanContainers(ctx, rc, keep); err != nil {
+				errs = append(errs, err)
+				o.log.Warn("runtime reconcile", "runtime", name, "err", err)
+			}
 		}
+	}
+	// Whatever the drivers missed: any process whose command line names a
+	// sandbox directory no one owns (e.g. a QEMU of a sandbox whose record
+	// is gone) dies before its directory and slot are removed.
+	if err := killStrays(o.sandboxRoot(), keep, o.log); err != nil {
+		errs = append(errs, err)
 	}
 	dirs, err := os.ReadDir(o.sandboxRoot())
 	if err != nil {
@@ -99,4 +117,96 @@ func (o *Orchestrator) adopt(ctx context.Context, id string) error {
 	go o.watch(id, e, inst)
 	o.log.Info("re-adopted sandbox", "id", id, "runtime", sb.Runtime)
 	return nil
+}
+
+// containerCleaner is implemented by drivers that keep a registry of their
+// sandboxes (gVisor: runsc's state dir) and can force-remove one.
+type containerCleaner interface {
+	ListContainers(ctx context.Context) ([]string, error)
+	Cleanup(ctx context.Context, id string) error
+}
+
+// cleanContainers removes every container of c that keep does not claim.
+func cleanContainers(ctx context.Context, c containerCleaner, keep func(string) bool) error {
+	ids, err := c.ListContainers(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, id := range ids {
+		if !keep(id) {
+			errs = append(errs, c.Cleanup(ctx, id))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killStrays SIGKILLs every process whose command line names a directory
+// <root>/<id> for which keep(id) is false, and waits for them to go.
+func killStrays(root string, keep func(string) bool, log *slog.Logger) error {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return fmt.Errorf("list processes: %w", err)
+	}
+	needle := []byte(filepath.Clean(root) + "/")
+	var killed []int
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		id := sandboxInCmdline(cmdline, needle)
+		if id == "" || keep(id) {
+			continue
+		}
+		log.Info("killing a runtime process no sandbox owns", "pid", pid, "sandbox", id)
+		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+			killed = append(killed, pid)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range killed {
+		for processAlive(pid) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("process %d survived SIGKILL", pid)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// sandboxInCmdline returns the first sandbox id named by a path under
+// needle (<root>/) in a NUL-separated command line, or "".
+func sandboxInCmdline(cmdline, needle []byte) string {
+	i := bytes.Index(cmdline, needle)
+	if i < 0 {
+		return ""
+	}
+	rest := cmdline[i+len(needle):]
+	end := bytes.IndexFunc(rest, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9') })
+	if end >= 0 {
+		rest = rest[:end]
+	}
+	if !validID(string(rest)) {
+		return ""
+	}
+	return string(rest)
+}
+
+// processAlive reports whether pid exists and is not a zombie.
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses.
+	if j := bytes.LastIndexByte(b, ')'); j >= 0 && j+2 < len(b) {
+		return b[j+2] != 'Z'
+	}
+	return true
 }

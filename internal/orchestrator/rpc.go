@@ -3,7 +3,6 @@ package orchestrator
 import (
 	"bufio"
 	"context"
-	"crypto/subtle"
 	"errors"
 	"io"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	orchv1 "github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1"
 	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
 	"github.com/cocoon-run/cocoon/internal/network"
+	"github.com/cocoon-run/cocoon/internal/nodeauth"
 )
 
 // Service exposes an Orchestrator as the node RPC.
@@ -34,62 +34,14 @@ func NewHandler(o *Orchestrator, token string) (string, http.Handler, error) {
 		return "", nil, errors.New("orchestrator rpc: empty node token")
 	}
 	path, h := orchestratorv1connect.NewOrchestratorServiceHandler(&Service{o: o},
-		connect.WithInterceptors(bearerAuth(token)))
+		connect.WithInterceptors(nodeauth.Server(token)))
 	return path, h, nil
 }
 
 // NewClient returns a node RPC client that authenticates with token.
 func NewClient(httpClient connect.HTTPClient, baseURL, token string) orchestratorv1connect.OrchestratorServiceClient {
 	return orchestratorv1connect.NewOrchestratorServiceClient(httpClient, baseURL,
-		connect.WithInterceptors(bearerClient(token)))
-}
-
-type authInterceptor struct {
-	server bool
-	token  string
-}
-
-func bearerAuth(token string) connect.Interceptor {
-	return &authInterceptor{server: true, token: token}
-}
-func bearerClient(token string) connect.Interceptor { return &authInterceptor{token: token} }
-
-func (a *authInterceptor) check(h http.Header) error {
-	got, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
-		return connect.NewError(connect.CodeUnauthenticated, errors.New("missing or wrong node token"))
-	}
-	return nil
-}
-
-func (a *authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if a.server {
-			if err := a.check(req.Header()); err != nil {
-				return nil, err
-			}
-		} else {
-			req.Header().Set("Authorization", "Bearer "+a.token)
-		}
-		return next(ctx, req)
-	}
-}
-
-func (a *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
-		conn := next(ctx, spec)
-		conn.RequestHeader().Set("Authorization", "Bearer "+a.token)
-		return conn
-	}
-}
-
-func (a *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if err := a.check(conn.RequestHeader()); err != nil {
-			return err
-		}
-		return next(ctx, conn)
-	}
+		connect.WithInterceptors(nodeauth.Client(token)))
 }
 
 func toProto(sb Sandbox) *orchv1.Sandbox {

@@ -24,6 +24,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"net/http"
 
 	"github.com/cocoon-run/cocoon/internal/network"
 )
@@ -48,6 +49,12 @@ type Template struct {
 	VCPUs     int
 	MemoryMB  int
 	DiskMB    int
+
+	// BeforeSnapshot, when set, runs during BuildSnapshot once envd answers
+	// and before the state is saved: custom templates start their start
+	// command and wait for their ready command here. client reaches envd at
+	// envdURL (e.g. "http://169.254.0.21:49983").
+	BeforeSnapshot func(ctx context.Context, client *http.Client, envdURL string) error `json:"-"`
 }
 
 // Source says what a Restore starts from.

@@ -1,0 +1,66 @@
+// Package nodeauth authenticates the node RPC between the control plane and
+// an orchestrator: every call carries `Authorization: Bearer <node token>`.
+package nodeauth
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"net/http"
+	"strings"
+
+	"connectrpc.com/connect"
+)
+
+// Server returns the interceptor that refuses calls without the token.
+func Server(token string) connect.Interceptor { return &interceptor{server: true, token: token} }
+
+// Client returns the interceptor that adds the token to every call.
+func Client(token string) connect.Interceptor { return &interceptor{token: token} }
+
+type interceptor struct {
+	server bool
+	token  string
+}
+
+func (a *interceptor) check(h http.Header) error {
+	got, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	if !ok || a.token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+		return connect.NewError(connect.CodeUnauthenticated, errors.New("missing or wrong node token"))
+	}
+	return nil
+}
+
+func (a *interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if a.server {
+			if err := a.check(req.Header()); err != nil {
+				return nil, err
+			}
+		} else {
+			req.Header().Set("Authorization", "Bearer "+a.token)
+		}
+		return next(ctx, req)
+	}
+}
+
+func (a *interceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		if !a.server {
+			conn.RequestHeader().Set("Authorization", "Bearer "+a.token)
+		}
+		return conn
+	}
+}
+
+func (a *interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if a.server {
+			if err := a.check(conn.RequestHeader()); err != nil {
+				return err
+			}
+		}
+		return next(ctx, conn)
+	}
+}
