@@ -25,7 +25,8 @@ step "runtimes: runsc for gVisor (built once into \$COCOON_TEST_DATA_DIR/bin)"
 export COCOON_RUNSC="$COCOON_TEST_DATA_DIR/bin/runsc"
 
 step "PostgreSQL for the store tests"
-eval "$(./scripts/pg-test.sh start)"
+COCOON_TEST_PG_DSN="$(./scripts/pg-test.sh start)"
+export COCOON_TEST_PG_DSN
 export COCOON_REQUIRE_PG=1
 trap './scripts/pg-test.sh stop >/dev/null 2>&1 || true' EXIT
 

@@ -132,9 +132,11 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	nodeToken, _, err := loadOrCreateSecret(filepath.Join(dataDir, "node.token"))
-	if err != nil {
-		return err
+	nodeToken := os.Getenv("COCOON_NODE_TOKEN")
+	if nodeToken == "" {
+		if nodeToken, _, err = loadOrCreateSecret(filepath.Join(dataDir, "node.token")); err != nil {
+			return err
+		}
 	}
 	sock := filepath.Join(dataDir, "node.sock")
 	group, ctx := errgroup.WithContext(ctx)

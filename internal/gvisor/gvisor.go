@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -272,6 +273,12 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 	if err := WaitEnvd(ctx, slot.Addr.Addr()); err != nil {
 		tail, _ := os.ReadFile(filepath.Join(dir, consoleLog))
 		return fmt.Errorf("gvisor: template envd: %w: %s", err, lastLines(tail, 5))
+	}
+
+	if t.BeforeSnapshot != nil {
+		if err := t.BeforeSnapshot(ctx, &http.Client{}, "http://"+net.JoinHostPort(slot.Addr.Addr().String(), "49983")); err != nil {
+			return fmt.Errorf("gvisor: prepare template: %w", err)
+		}
 	}
 
 	snap := snapshotDir(t)

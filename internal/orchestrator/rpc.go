@@ -17,6 +17,7 @@ import (
 	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
 	"github.com/cocoon-run/cocoon/internal/network"
 	"github.com/cocoon-run/cocoon/internal/nodeauth"
+	"github.com/cocoon-run/cocoon/internal/template/oci"
 )
 
 // Service exposes an Orchestrator as the node RPC.
@@ -248,4 +249,37 @@ func (s *Service) Node(ctx context.Context, _ *connect.Request[orchv1.NodeReques
 		NodeId: s.o.NodeID(), Runtimes: s.o.Runtimes(), DefaultRuntime: s.o.DefaultRuntime(),
 		Sandboxes: uint32(n), Accel: s.o.cfg.Accel, Reason: s.o.cfg.Reason,
 	}), nil
+}
+
+func (s *Service) BuildTemplate(ctx context.Context, req *connect.Request[orchv1.BuildTemplateRequest], stream *connect.ServerStream[orchv1.BuildTemplateResponse]) error {
+	m := req.Msg
+	if m.Parent == nil || m.Parent.Dir == "" {
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("parent template dir is required"))
+	}
+	p := BuildParams{
+		CacheKey: m.CacheKey, LayerKey: m.LayerKey, ParentDir: m.Parent.Dir,
+		SandboxID: m.GetSandboxId(), ParentRootfs: m.GetParentRootfs(),
+		StartCmd: m.StartCmd, ReadyCmd: m.ReadyCmd, Env: m.Env, Workdir: m.Workdir, User: m.User,
+		ReadyTimeout: time.Duration(m.ReadyTimeoutS) * time.Second,
+		VCPUs:        int(m.Vcpus), MemoryMB: int(m.MemoryMb), DiskMB: int(m.DiskMb),
+	}
+	if img := m.GetImage(); img != nil {
+		p.Image = &oci.Ref{Image: img.Ref, Username: img.Username, Password: img.Password, Insecure: img.Insecure}
+	}
+	var sendErr error
+	res, err := s.o.BuildTemplate(ctx, p, func(line string) {
+		if sendErr == nil {
+			sendErr = stream.Send(&orchv1.BuildTemplateResponse{Log: line})
+		}
+	})
+	if err != nil {
+		if errors.Is(err, oci.ErrUnknownImage) {
+			return connect.NewError(connect.CodeNotFound, err)
+		}
+		return rpcError(err)
+	}
+	if sendErr != nil {
+		return sendErr
+	}
+	return stream.Send(&orchv1.BuildTemplateResponse{Dir: res.Dir, Runtimes: res.Runtimes, Cached: res.Cached})
 }

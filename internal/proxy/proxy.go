@@ -46,6 +46,7 @@ type targetKey struct{}
 
 type target struct {
 	host string // ip:port
+	key  string // names the connection pool: the sandbox and its address
 }
 
 // New returns a proxy. domain is the suffix of host-routed names ("" to
@@ -55,8 +56,18 @@ func New(r Resolver, domain string, log *slog.Logger) *Proxy {
 		log = slog.Default()
 	}
 	p := &Proxy{resolver: r, domain: strings.TrimPrefix(domain, "."), log: log}
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	transport := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		// Idle connections are pooled per sandbox and address (the URL's
+		// host is target.key), not per address alone: slot addresses are
+		// reused, and a connection kept from a killed sandbox would reach
+		// the next sandbox in the slot, which resets it.
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if t, ok := ctx.Value(targetKey{}).(target); ok {
+				addr = t.host
+			}
+			return dialer.DialContext(ctx, network, addr)
+		},
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 		// Sandboxes speak HTTP/1.1 and h2c; keep it to HTTP/1.1 towards them.
@@ -65,7 +76,7 @@ func New(r Resolver, domain string, log *slog.Logger) *Proxy {
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			t := pr.In.Context().Value(targetKey{}).(target)
-			pr.SetURL(&url.URL{Scheme: "http", Host: t.host})
+			pr.SetURL(&url.URL{Scheme: "http", Host: t.key})
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
 		},
@@ -131,7 +142,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadGateway, fmt.Sprintf("sandbox %q is not reachable: %v", id, err))
 		return
 	}
-	ctx := context.WithValue(r.Context(), targetKey{}, target{host: net.JoinHostPort(addr, strconv.Itoa(port))})
+	host := net.JoinHostPort(addr, strconv.Itoa(port))
+	key := net.JoinHostPort(strings.ToLower(id)+"."+strings.NewReplacer(".", "-", ":", "-").Replace(addr), strconv.Itoa(port))
+	ctx := context.WithValue(r.Context(), targetKey{}, target{host: host, key: key})
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
 }
 

@@ -33,6 +33,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -198,6 +200,12 @@ func (r *Runtime) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *
 	if err := WaitHealthy(bctx, slot, inst.done); err != nil {
 		inst.kill()
 		return withTail(fmt.Errorf("boot template %s: %w", t.ID, err), dir)
+	}
+	if t.BeforeSnapshot != nil {
+		if err := t.BeforeSnapshot(ctx, &http.Client{}, "http://"+net.JoinHostPort(slot.Addr.Addr().String(), "49983")); err != nil {
+			inst.kill()
+			return withTail(fmt.Errorf("prepare template %s: %w", t.ID, err), dir)
+		}
 	}
 	if err := inst.saveState(ctx, filepath.Join(stage, stateName), true); err != nil {
 		inst.kill()

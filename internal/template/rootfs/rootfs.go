@@ -119,8 +119,11 @@ func Customize(ctx context.Context, tree string, g Guest) error {
 	if _, err := os.Stat(filepath.Join(tree, "etc", "passwd")); err != nil {
 		return fmt.Errorf("customize: not a root filesystem: %w", err)
 	}
-	if err := runLogged(ctx, nil, "chroot", tree, "useradd", "--create-home", "--uid", "1000", "--user-group", "--shell", "/bin/bash", "user"); err != nil {
-		return err
+	// Imported images may already have the account (see oci.EnsureUser).
+	if passwd, _ := os.ReadFile(filepath.Join(tree, "etc", "passwd")); !bytes.Contains(append([]byte("\n"), passwd...), []byte("\nuser:")) {
+		if err := runLogged(ctx, nil, "chroot", tree, "useradd", "--create-home", "--uid", "1000", "--user-group", "--shell", "/bin/bash", "user"); err != nil {
+			return err
+		}
 	}
 	files := []struct {
 		path string

@@ -1335,6 +1335,359 @@ func (x *NodeResponse) GetSandboxes() uint32 {
 	return 0
 }
 
+// OCIImage names an image in a registry to import as a root filesystem.
+type OCIImage struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Ref      string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Username string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password string                 `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	// Plain HTTP registry (tests, local registries).
+	Insecure      bool `protobuf:"varint,4,opt,name=insecure,proto3" json:"insecure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OCIImage) Reset() {
+	*x = OCIImage{}
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OCIImage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OCIImage) ProtoMessage() {}
+
+func (x *OCIImage) ProtoReflect() protoreflect.Message {
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OCIImage.ProtoReflect.Descriptor instead.
+func (*OCIImage) Descriptor() ([]byte, []int) {
+	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *OCIImage) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *OCIImage) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *OCIImage) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *OCIImage) GetInsecure() bool {
+	if x != nil {
+		return x.Insecure
+	}
+	return false
+}
+
+type BuildTemplateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Key of the finished template (steps + start/ready command): an existing
+	// one is reused as is.
+	CacheKey string `protobuf:"bytes,1,opt,name=cache_key,json=cacheKey,proto3" json:"cache_key,omitempty"`
+	// Key of the root filesystem after the steps: an existing layer is reused
+	// and only snapshotted again.
+	LayerKey string `protobuf:"bytes,2,opt,name=layer_key,json=layerKey,proto3" json:"layer_key,omitempty"`
+	// The template whose kernel, initrd and shape the build inherits.
+	Parent *TemplateRef `protobuf:"bytes,3,opt,name=parent,proto3" json:"parent,omitempty"`
+	// Types that are valid to be assigned to Source:
+	//
+	//	*BuildTemplateRequest_SandboxId
+	//	*BuildTemplateRequest_Image
+	//	*BuildTemplateRequest_ParentRootfs
+	Source isBuildTemplateRequest_Source `protobuf_oneof:"source"`
+	// Run in the guest before the snapshot (detached), then poll ready_cmd.
+	StartCmd      string            `protobuf:"bytes,7,opt,name=start_cmd,json=startCmd,proto3" json:"start_cmd,omitempty"`
+	ReadyCmd      string            `protobuf:"bytes,8,opt,name=ready_cmd,json=readyCmd,proto3" json:"ready_cmd,omitempty"`
+	Env           map[string]string `protobuf:"bytes,9,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Workdir       string            `protobuf:"bytes,10,opt,name=workdir,proto3" json:"workdir,omitempty"`
+	User          string            `protobuf:"bytes,11,opt,name=user,proto3" json:"user,omitempty"`
+	ReadyTimeoutS uint32            `protobuf:"varint,12,opt,name=ready_timeout_s,json=readyTimeoutS,proto3" json:"ready_timeout_s,omitempty"`
+	Vcpus         uint32            `protobuf:"varint,13,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	MemoryMb      uint32            `protobuf:"varint,14,opt,name=memory_mb,json=memoryMb,proto3" json:"memory_mb,omitempty"`
+	DiskMb        uint32            `protobuf:"varint,15,opt,name=disk_mb,json=diskMb,proto3" json:"disk_mb,omitempty"`
+	// Ignore cached layers and templates.
+	Force         bool `protobuf:"varint,16,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuildTemplateRequest) Reset() {
+	*x = BuildTemplateRequest{}
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildTemplateRequest) ProtoMessage() {}
+
+func (x *BuildTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildTemplateRequest.ProtoReflect.Descriptor instead.
+func (*BuildTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *BuildTemplateRequest) GetCacheKey() string {
+	if x != nil {
+		return x.CacheKey
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetLayerKey() string {
+	if x != nil {
+		return x.LayerKey
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetParent() *TemplateRef {
+	if x != nil {
+		return x.Parent
+	}
+	return nil
+}
+
+func (x *BuildTemplateRequest) GetSource() isBuildTemplateRequest_Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *BuildTemplateRequest) GetSandboxId() string {
+	if x != nil {
+		if x, ok := x.Source.(*BuildTemplateRequest_SandboxId); ok {
+			return x.SandboxId
+		}
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetImage() *OCIImage {
+	if x != nil {
+		if x, ok := x.Source.(*BuildTemplateRequest_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
+func (x *BuildTemplateRequest) GetParentRootfs() bool {
+	if x != nil {
+		if x, ok := x.Source.(*BuildTemplateRequest_ParentRootfs); ok {
+			return x.ParentRootfs
+		}
+	}
+	return false
+}
+
+func (x *BuildTemplateRequest) GetStartCmd() string {
+	if x != nil {
+		return x.StartCmd
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetReadyCmd() string {
+	if x != nil {
+		return x.ReadyCmd
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *BuildTemplateRequest) GetWorkdir() string {
+	if x != nil {
+		return x.Workdir
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *BuildTemplateRequest) GetReadyTimeoutS() uint32 {
+	if x != nil {
+		return x.ReadyTimeoutS
+	}
+	return 0
+}
+
+func (x *BuildTemplateRequest) GetVcpus() uint32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *BuildTemplateRequest) GetMemoryMb() uint32 {
+	if x != nil {
+		return x.MemoryMb
+	}
+	return 0
+}
+
+func (x *BuildTemplateRequest) GetDiskMb() uint32 {
+	if x != nil {
+		return x.DiskMb
+	}
+	return 0
+}
+
+func (x *BuildTemplateRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type isBuildTemplateRequest_Source interface {
+	isBuildTemplateRequest_Source()
+}
+
+type BuildTemplateRequest_SandboxId struct {
+	// Export the filesystem of this running build sandbox (then kill it).
+	SandboxId string `protobuf:"bytes,4,opt,name=sandbox_id,json=sandboxId,proto3,oneof"`
+}
+
+type BuildTemplateRequest_Image struct {
+	// Import an OCI image.
+	Image *OCIImage `protobuf:"bytes,5,opt,name=image,proto3,oneof"`
+}
+
+type BuildTemplateRequest_ParentRootfs struct {
+	// Reuse the parent's root filesystem unchanged.
+	ParentRootfs bool `protobuf:"varint,6,opt,name=parent_rootfs,json=parentRootfs,proto3,oneof"`
+}
+
+func (*BuildTemplateRequest_SandboxId) isBuildTemplateRequest_Source() {}
+
+func (*BuildTemplateRequest_Image) isBuildTemplateRequest_Source() {}
+
+func (*BuildTemplateRequest_ParentRootfs) isBuildTemplateRequest_Source() {}
+
+type BuildTemplateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A progress line.
+	Log string `protobuf:"bytes,1,opt,name=log,proto3" json:"log,omitempty"`
+	// Set on the last message: the template's artifact directory, the runtimes
+	// it has snapshots for, and whether it came from the cache.
+	Dir           string   `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
+	Runtimes      []string `protobuf:"bytes,3,rep,name=runtimes,proto3" json:"runtimes,omitempty"`
+	Cached        bool     `protobuf:"varint,4,opt,name=cached,proto3" json:"cached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuildTemplateResponse) Reset() {
+	*x = BuildTemplateResponse{}
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuildTemplateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuildTemplateResponse) ProtoMessage() {}
+
+func (x *BuildTemplateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuildTemplateResponse.ProtoReflect.Descriptor instead.
+func (*BuildTemplateResponse) Descriptor() ([]byte, []int) {
+	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *BuildTemplateResponse) GetLog() string {
+	if x != nil {
+		return x.Log
+	}
+	return ""
+}
+
+func (x *BuildTemplateResponse) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *BuildTemplateResponse) GetRuntimes() []string {
+	if x != nil {
+		return x.Runtimes
+	}
+	return nil
+}
+
+func (x *BuildTemplateResponse) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
 var File_cocoon_orchestrator_v1_orchestrator_proto protoreflect.FileDescriptor
 
 const file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc = "" +
@@ -1444,13 +1797,46 @@ const file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x0fdefault_runtime\x18\x03 \x01(\tR\x0edefaultRuntime\x12\x14\n" +
 	"\x05accel\x18\x04 \x01(\tR\x05accel\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1c\n" +
-	"\tsandboxes\x18\x06 \x01(\rR\tsandboxes*S\n" +
+	"\tsandboxes\x18\x06 \x01(\rR\tsandboxes\"p\n" +
+	"\bOCIImage\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x1a\n" +
+	"\binsecure\x18\x04 \x01(\bR\binsecure\"\x8c\x05\n" +
+	"\x14BuildTemplateRequest\x12\x1b\n" +
+	"\tcache_key\x18\x01 \x01(\tR\bcacheKey\x12\x1b\n" +
+	"\tlayer_key\x18\x02 \x01(\tR\blayerKey\x12;\n" +
+	"\x06parent\x18\x03 \x01(\v2#.cocoon.orchestrator.v1.TemplateRefR\x06parent\x12\x1f\n" +
+	"\n" +
+	"sandbox_id\x18\x04 \x01(\tH\x00R\tsandboxId\x128\n" +
+	"\x05image\x18\x05 \x01(\v2 .cocoon.orchestrator.v1.OCIImageH\x00R\x05image\x12%\n" +
+	"\rparent_rootfs\x18\x06 \x01(\bH\x00R\fparentRootfs\x12\x1b\n" +
+	"\tstart_cmd\x18\a \x01(\tR\bstartCmd\x12\x1b\n" +
+	"\tready_cmd\x18\b \x01(\tR\breadyCmd\x12G\n" +
+	"\x03env\x18\t \x03(\v25.cocoon.orchestrator.v1.BuildTemplateRequest.EnvEntryR\x03env\x12\x18\n" +
+	"\aworkdir\x18\n" +
+	" \x01(\tR\aworkdir\x12\x12\n" +
+	"\x04user\x18\v \x01(\tR\x04user\x12&\n" +
+	"\x0fready_timeout_s\x18\f \x01(\rR\rreadyTimeoutS\x12\x14\n" +
+	"\x05vcpus\x18\r \x01(\rR\x05vcpus\x12\x1b\n" +
+	"\tmemory_mb\x18\x0e \x01(\rR\bmemoryMb\x12\x17\n" +
+	"\adisk_mb\x18\x0f \x01(\rR\x06diskMb\x12\x14\n" +
+	"\x05force\x18\x10 \x01(\bR\x05force\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
+	"\x06source\"o\n" +
+	"\x15BuildTemplateResponse\x12\x10\n" +
+	"\x03log\x18\x01 \x01(\tR\x03log\x12\x10\n" +
+	"\x03dir\x18\x02 \x01(\tR\x03dir\x12\x1a\n" +
+	"\bruntimes\x18\x03 \x03(\tR\bruntimes\x12\x16\n" +
+	"\x06cached\x18\x04 \x01(\bR\x06cached*S\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATE_RUNNING\x10\x01\x12\x10\n" +
 	"\fSTATE_PAUSED\x10\x02\x12\x0e\n" +
 	"\n" +
-	"STATE_DEAD\x10\x032\x97\x06\n" +
+	"STATE_DEAD\x10\x032\x87\a\n" +
 	"\x13OrchestratorService\x12W\n" +
 	"\x06Create\x12%.cocoon.orchestrator.v1.CreateRequest\x1a&.cocoon.orchestrator.v1.CreateResponse\x12N\n" +
 	"\x03Get\x12\".cocoon.orchestrator.v1.GetRequest\x1a#.cocoon.orchestrator.v1.GetResponse\x12Q\n" +
@@ -1460,7 +1846,8 @@ const file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x04Kill\x12#.cocoon.orchestrator.v1.KillRequest\x1a$.cocoon.orchestrator.v1.KillResponse\x12S\n" +
 	"\x04Logs\x12#.cocoon.orchestrator.v1.LogsRequest\x1a$.cocoon.orchestrator.v1.LogsResponse0\x01\x12Z\n" +
 	"\aMetrics\x12&.cocoon.orchestrator.v1.MetricsRequest\x1a'.cocoon.orchestrator.v1.MetricsResponse\x12Q\n" +
-	"\x04Node\x12#.cocoon.orchestrator.v1.NodeRequest\x1a$.cocoon.orchestrator.v1.NodeResponseBLZJgithub.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1;orchestratorv1b\x06proto3"
+	"\x04Node\x12#.cocoon.orchestrator.v1.NodeRequest\x1a$.cocoon.orchestrator.v1.NodeResponse\x12n\n" +
+	"\rBuildTemplate\x12,.cocoon.orchestrator.v1.BuildTemplateRequest\x1a-.cocoon.orchestrator.v1.BuildTemplateResponse0\x01BLZJgithub.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1;orchestratorv1b\x06proto3"
 
 var (
 	file_cocoon_orchestrator_v1_orchestrator_proto_rawDescOnce sync.Once
@@ -1475,7 +1862,7 @@ func file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP() []byte {
 }
 
 var file_cocoon_orchestrator_v1_orchestrator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_cocoon_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(State)(0),                    // 0: cocoon.orchestrator.v1.State
 	(*Egress)(nil),                // 1: cocoon.orchestrator.v1.Egress
@@ -1499,48 +1886,57 @@ var file_cocoon_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(*MetricsResponse)(nil),       // 19: cocoon.orchestrator.v1.MetricsResponse
 	(*NodeRequest)(nil),           // 20: cocoon.orchestrator.v1.NodeRequest
 	(*NodeResponse)(nil),          // 21: cocoon.orchestrator.v1.NodeResponse
-	nil,                           // 22: cocoon.orchestrator.v1.CreateRequest.EnvVarsEntry
-	nil,                           // 23: cocoon.orchestrator.v1.ResumeRequest.EnvVarsEntry
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*OCIImage)(nil),              // 22: cocoon.orchestrator.v1.OCIImage
+	(*BuildTemplateRequest)(nil),  // 23: cocoon.orchestrator.v1.BuildTemplateRequest
+	(*BuildTemplateResponse)(nil), // 24: cocoon.orchestrator.v1.BuildTemplateResponse
+	nil,                           // 25: cocoon.orchestrator.v1.CreateRequest.EnvVarsEntry
+	nil,                           // 26: cocoon.orchestrator.v1.ResumeRequest.EnvVarsEntry
+	nil,                           // 27: cocoon.orchestrator.v1.BuildTemplateRequest.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
 }
 var file_cocoon_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
 	2,  // 0: cocoon.orchestrator.v1.CreateRequest.template:type_name -> cocoon.orchestrator.v1.TemplateRef
-	22, // 1: cocoon.orchestrator.v1.CreateRequest.env_vars:type_name -> cocoon.orchestrator.v1.CreateRequest.EnvVarsEntry
+	25, // 1: cocoon.orchestrator.v1.CreateRequest.env_vars:type_name -> cocoon.orchestrator.v1.CreateRequest.EnvVarsEntry
 	1,  // 2: cocoon.orchestrator.v1.CreateRequest.egress:type_name -> cocoon.orchestrator.v1.Egress
 	0,  // 3: cocoon.orchestrator.v1.Sandbox.state:type_name -> cocoon.orchestrator.v1.State
-	24, // 4: cocoon.orchestrator.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
+	28, // 4: cocoon.orchestrator.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
 	4,  // 5: cocoon.orchestrator.v1.CreateResponse.sandbox:type_name -> cocoon.orchestrator.v1.Sandbox
 	4,  // 6: cocoon.orchestrator.v1.GetResponse.sandbox:type_name -> cocoon.orchestrator.v1.Sandbox
 	4,  // 7: cocoon.orchestrator.v1.ListResponse.sandboxes:type_name -> cocoon.orchestrator.v1.Sandbox
 	4,  // 8: cocoon.orchestrator.v1.PauseResponse.sandbox:type_name -> cocoon.orchestrator.v1.Sandbox
 	2,  // 9: cocoon.orchestrator.v1.ResumeRequest.template:type_name -> cocoon.orchestrator.v1.TemplateRef
-	23, // 10: cocoon.orchestrator.v1.ResumeRequest.env_vars:type_name -> cocoon.orchestrator.v1.ResumeRequest.EnvVarsEntry
+	26, // 10: cocoon.orchestrator.v1.ResumeRequest.env_vars:type_name -> cocoon.orchestrator.v1.ResumeRequest.EnvVarsEntry
 	1,  // 11: cocoon.orchestrator.v1.ResumeRequest.egress:type_name -> cocoon.orchestrator.v1.Egress
 	4,  // 12: cocoon.orchestrator.v1.ResumeResponse.sandbox:type_name -> cocoon.orchestrator.v1.Sandbox
-	24, // 13: cocoon.orchestrator.v1.MetricsResponse.timestamp:type_name -> google.protobuf.Timestamp
-	3,  // 14: cocoon.orchestrator.v1.OrchestratorService.Create:input_type -> cocoon.orchestrator.v1.CreateRequest
-	6,  // 15: cocoon.orchestrator.v1.OrchestratorService.Get:input_type -> cocoon.orchestrator.v1.GetRequest
-	8,  // 16: cocoon.orchestrator.v1.OrchestratorService.List:input_type -> cocoon.orchestrator.v1.ListRequest
-	10, // 17: cocoon.orchestrator.v1.OrchestratorService.Pause:input_type -> cocoon.orchestrator.v1.PauseRequest
-	12, // 18: cocoon.orchestrator.v1.OrchestratorService.Resume:input_type -> cocoon.orchestrator.v1.ResumeRequest
-	14, // 19: cocoon.orchestrator.v1.OrchestratorService.Kill:input_type -> cocoon.orchestrator.v1.KillRequest
-	16, // 20: cocoon.orchestrator.v1.OrchestratorService.Logs:input_type -> cocoon.orchestrator.v1.LogsRequest
-	18, // 21: cocoon.orchestrator.v1.OrchestratorService.Metrics:input_type -> cocoon.orchestrator.v1.MetricsRequest
-	20, // 22: cocoon.orchestrator.v1.OrchestratorService.Node:input_type -> cocoon.orchestrator.v1.NodeRequest
-	5,  // 23: cocoon.orchestrator.v1.OrchestratorService.Create:output_type -> cocoon.orchestrator.v1.CreateResponse
-	7,  // 24: cocoon.orchestrator.v1.OrchestratorService.Get:output_type -> cocoon.orchestrator.v1.GetResponse
-	9,  // 25: cocoon.orchestrator.v1.OrchestratorService.List:output_type -> cocoon.orchestrator.v1.ListResponse
-	11, // 26: cocoon.orchestrator.v1.OrchestratorService.Pause:output_type -> cocoon.orchestrator.v1.PauseResponse
-	13, // 27: cocoon.orchestrator.v1.OrchestratorService.Resume:output_type -> cocoon.orchestrator.v1.ResumeResponse
-	15, // 28: cocoon.orchestrator.v1.OrchestratorService.Kill:output_type -> cocoon.orchestrator.v1.KillResponse
-	17, // 29: cocoon.orchestrator.v1.OrchestratorService.Logs:output_type -> cocoon.orchestrator.v1.LogsResponse
-	19, // 30: cocoon.orchestrator.v1.OrchestratorService.Metrics:output_type -> cocoon.orchestrator.v1.MetricsResponse
-	21, // 31: cocoon.orchestrator.v1.OrchestratorService.Node:output_type -> cocoon.orchestrator.v1.NodeResponse
-	23, // [23:32] is the sub-list for method output_type
-	14, // [14:23] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	28, // 13: cocoon.orchestrator.v1.MetricsResponse.timestamp:type_name -> google.protobuf.Timestamp
+	2,  // 14: cocoon.orchestrator.v1.BuildTemplateRequest.parent:type_name -> cocoon.orchestrator.v1.TemplateRef
+	22, // 15: cocoon.orchestrator.v1.BuildTemplateRequest.image:type_name -> cocoon.orchestrator.v1.OCIImage
+	27, // 16: cocoon.orchestrator.v1.BuildTemplateRequest.env:type_name -> cocoon.orchestrator.v1.BuildTemplateRequest.EnvEntry
+	3,  // 17: cocoon.orchestrator.v1.OrchestratorService.Create:input_type -> cocoon.orchestrator.v1.CreateRequest
+	6,  // 18: cocoon.orchestrator.v1.OrchestratorService.Get:input_type -> cocoon.orchestrator.v1.GetRequest
+	8,  // 19: cocoon.orchestrator.v1.OrchestratorService.List:input_type -> cocoon.orchestrator.v1.ListRequest
+	10, // 20: cocoon.orchestrator.v1.OrchestratorService.Pause:input_type -> cocoon.orchestrator.v1.PauseRequest
+	12, // 21: cocoon.orchestrator.v1.OrchestratorService.Resume:input_type -> cocoon.orchestrator.v1.ResumeRequest
+	14, // 22: cocoon.orchestrator.v1.OrchestratorService.Kill:input_type -> cocoon.orchestrator.v1.KillRequest
+	16, // 23: cocoon.orchestrator.v1.OrchestratorService.Logs:input_type -> cocoon.orchestrator.v1.LogsRequest
+	18, // 24: cocoon.orchestrator.v1.OrchestratorService.Metrics:input_type -> cocoon.orchestrator.v1.MetricsRequest
+	20, // 25: cocoon.orchestrator.v1.OrchestratorService.Node:input_type -> cocoon.orchestrator.v1.NodeRequest
+	23, // 26: cocoon.orchestrator.v1.OrchestratorService.BuildTemplate:input_type -> cocoon.orchestrator.v1.BuildTemplateRequest
+	5,  // 27: cocoon.orchestrator.v1.OrchestratorService.Create:output_type -> cocoon.orchestrator.v1.CreateResponse
+	7,  // 28: cocoon.orchestrator.v1.OrchestratorService.Get:output_type -> cocoon.orchestrator.v1.GetResponse
+	9,  // 29: cocoon.orchestrator.v1.OrchestratorService.List:output_type -> cocoon.orchestrator.v1.ListResponse
+	11, // 30: cocoon.orchestrator.v1.OrchestratorService.Pause:output_type -> cocoon.orchestrator.v1.PauseResponse
+	13, // 31: cocoon.orchestrator.v1.OrchestratorService.Resume:output_type -> cocoon.orchestrator.v1.ResumeResponse
+	15, // 32: cocoon.orchestrator.v1.OrchestratorService.Kill:output_type -> cocoon.orchestrator.v1.KillResponse
+	17, // 33: cocoon.orchestrator.v1.OrchestratorService.Logs:output_type -> cocoon.orchestrator.v1.LogsResponse
+	19, // 34: cocoon.orchestrator.v1.OrchestratorService.Metrics:output_type -> cocoon.orchestrator.v1.MetricsResponse
+	21, // 35: cocoon.orchestrator.v1.OrchestratorService.Node:output_type -> cocoon.orchestrator.v1.NodeResponse
+	24, // 36: cocoon.orchestrator.v1.OrchestratorService.BuildTemplate:output_type -> cocoon.orchestrator.v1.BuildTemplateResponse
+	27, // [27:37] is the sub-list for method output_type
+	17, // [17:27] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_cocoon_orchestrator_v1_orchestrator_proto_init() }
@@ -1548,13 +1944,18 @@ func file_cocoon_orchestrator_v1_orchestrator_proto_init() {
 	if File_cocoon_orchestrator_v1_orchestrator_proto != nil {
 		return
 	}
+	file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[22].OneofWrappers = []any{
+		(*BuildTemplateRequest_SandboxId)(nil),
+		(*BuildTemplateRequest_Image)(nil),
+		(*BuildTemplateRequest_ParentRootfs)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc), len(file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

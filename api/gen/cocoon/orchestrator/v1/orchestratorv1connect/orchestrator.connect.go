@@ -63,6 +63,9 @@ const (
 	// OrchestratorServiceNodeProcedure is the fully-qualified name of the OrchestratorService's Node
 	// RPC.
 	OrchestratorServiceNodeProcedure = "/cocoon.orchestrator.v1.OrchestratorService/Node"
+	// OrchestratorServiceBuildTemplateProcedure is the fully-qualified name of the
+	// OrchestratorService's BuildTemplate RPC.
+	OrchestratorServiceBuildTemplateProcedure = "/cocoon.orchestrator.v1.OrchestratorService/BuildTemplate"
 )
 
 // OrchestratorServiceClient is a client for the cocoon.orchestrator.v1.OrchestratorService service.
@@ -83,6 +86,12 @@ type OrchestratorServiceClient interface {
 	Metrics(context.Context, *connect.Request[v1.MetricsRequest]) (*connect.Response[v1.MetricsResponse], error)
 	// Node describes the node: runtimes, acceleration, capacity.
 	Node(context.Context, *connect.Request[v1.NodeRequest]) (*connect.Response[v1.NodeResponse], error)
+	// BuildTemplate makes a template build's artifacts on this node: a root
+	// filesystem (exported from a build sandbox, imported from an OCI image,
+	// or reused from a cached layer), the parent's kernel and initrd, and a
+	// snapshot per runtime taken once the start command runs and the ready
+	// command succeeds. It streams progress lines; the last message has dir.
+	BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest]) (*connect.ServerStreamForClient[v1.BuildTemplateResponse], error)
 }
 
 // NewOrchestratorServiceClient constructs a client for the
@@ -150,20 +159,27 @@ func NewOrchestratorServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithSchema(orchestratorServiceMethods.ByName("Node")),
 			connect.WithClientOptions(opts...),
 		),
+		buildTemplate: connect.NewClient[v1.BuildTemplateRequest, v1.BuildTemplateResponse](
+			httpClient,
+			baseURL+OrchestratorServiceBuildTemplateProcedure,
+			connect.WithSchema(orchestratorServiceMethods.ByName("BuildTemplate")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // orchestratorServiceClient implements OrchestratorServiceClient.
 type orchestratorServiceClient struct {
-	create  *connect.Client[v1.CreateRequest, v1.CreateResponse]
-	get     *connect.Client[v1.GetRequest, v1.GetResponse]
-	list    *connect.Client[v1.ListRequest, v1.ListResponse]
-	pause   *connect.Client[v1.PauseRequest, v1.PauseResponse]
-	resume  *connect.Client[v1.ResumeRequest, v1.ResumeResponse]
-	kill    *connect.Client[v1.KillRequest, v1.KillResponse]
-	logs    *connect.Client[v1.LogsRequest, v1.LogsResponse]
-	metrics *connect.Client[v1.MetricsRequest, v1.MetricsResponse]
-	node    *connect.Client[v1.NodeRequest, v1.NodeResponse]
+	create        *connect.Client[v1.CreateRequest, v1.CreateResponse]
+	get           *connect.Client[v1.GetRequest, v1.GetResponse]
+	list          *connect.Client[v1.ListRequest, v1.ListResponse]
+	pause         *connect.Client[v1.PauseRequest, v1.PauseResponse]
+	resume        *connect.Client[v1.ResumeRequest, v1.ResumeResponse]
+	kill          *connect.Client[v1.KillRequest, v1.KillResponse]
+	logs          *connect.Client[v1.LogsRequest, v1.LogsResponse]
+	metrics       *connect.Client[v1.MetricsRequest, v1.MetricsResponse]
+	node          *connect.Client[v1.NodeRequest, v1.NodeResponse]
+	buildTemplate *connect.Client[v1.BuildTemplateRequest, v1.BuildTemplateResponse]
 }
 
 // Create calls cocoon.orchestrator.v1.OrchestratorService.Create.
@@ -211,6 +227,11 @@ func (c *orchestratorServiceClient) Node(ctx context.Context, req *connect.Reque
 	return c.node.CallUnary(ctx, req)
 }
 
+// BuildTemplate calls cocoon.orchestrator.v1.OrchestratorService.BuildTemplate.
+func (c *orchestratorServiceClient) BuildTemplate(ctx context.Context, req *connect.Request[v1.BuildTemplateRequest]) (*connect.ServerStreamForClient[v1.BuildTemplateResponse], error) {
+	return c.buildTemplate.CallServerStream(ctx, req)
+}
+
 // OrchestratorServiceHandler is an implementation of the cocoon.orchestrator.v1.OrchestratorService
 // service.
 type OrchestratorServiceHandler interface {
@@ -230,6 +251,12 @@ type OrchestratorServiceHandler interface {
 	Metrics(context.Context, *connect.Request[v1.MetricsRequest]) (*connect.Response[v1.MetricsResponse], error)
 	// Node describes the node: runtimes, acceleration, capacity.
 	Node(context.Context, *connect.Request[v1.NodeRequest]) (*connect.Response[v1.NodeResponse], error)
+	// BuildTemplate makes a template build's artifacts on this node: a root
+	// filesystem (exported from a build sandbox, imported from an OCI image,
+	// or reused from a cached layer), the parent's kernel and initrd, and a
+	// snapshot per runtime taken once the start command runs and the ready
+	// command succeeds. It streams progress lines; the last message has dir.
+	BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest], *connect.ServerStream[v1.BuildTemplateResponse]) error
 }
 
 // NewOrchestratorServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -293,6 +320,12 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 		connect.WithSchema(orchestratorServiceMethods.ByName("Node")),
 		connect.WithHandlerOptions(opts...),
 	)
+	orchestratorServiceBuildTemplateHandler := connect.NewServerStreamHandler(
+		OrchestratorServiceBuildTemplateProcedure,
+		svc.BuildTemplate,
+		connect.WithSchema(orchestratorServiceMethods.ByName("BuildTemplate")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/cocoon.orchestrator.v1.OrchestratorService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case OrchestratorServiceCreateProcedure:
@@ -313,6 +346,8 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 			orchestratorServiceMetricsHandler.ServeHTTP(w, r)
 		case OrchestratorServiceNodeProcedure:
 			orchestratorServiceNodeHandler.ServeHTTP(w, r)
+		case OrchestratorServiceBuildTemplateProcedure:
+			orchestratorServiceBuildTemplateHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -356,4 +391,8 @@ func (UnimplementedOrchestratorServiceHandler) Metrics(context.Context, *connect
 
 func (UnimplementedOrchestratorServiceHandler) Node(context.Context, *connect.Request[v1.NodeRequest]) (*connect.Response[v1.NodeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cocoon.orchestrator.v1.OrchestratorService.Node is not implemented"))
+}
+
+func (UnimplementedOrchestratorServiceHandler) BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest], *connect.ServerStream[v1.BuildTemplateResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("cocoon.orchestrator.v1.OrchestratorService.BuildTemplate is not implemented"))
 }
