@@ -13,9 +13,9 @@ type Result struct {
 	// Runtime ran it: "qemu", "gvisor", "runc", "host".
 	Runtime string `json:"runtime"`
 	// Accel is the acceleration: "tcg", "kvm", "systrap", "ptrace", "native".
-	Accel string `json:"accel"`
-	Unit  string `json:"unit"`
-	N     int    `json:"n"`
+	Accel string  `json:"accel"`
+	Unit  string  `json:"unit"`
+	N     int     `json:"n"`
 	P50   float64 `json:"p50"`
 	P95   float64 `json:"p95"`
 	P99   float64 `json:"p99"`

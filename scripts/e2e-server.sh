@@ -133,6 +133,7 @@ for combo in $matrix; do
 		--proxy-listen "127.0.0.1:$proxy_port" "${netflags[@]}" "${dbflags[@]}")
 	"${args[@]}" >>"$d/server.log" 2>&1 &
 	server_pid=$!
+	disown "$server_pid" # the restart test kill -9s it: no job notice
 	echo "$server_pid" >"$d/server.pid"
 	up=""
 	for _ in $(seq 1 240); do

@@ -193,6 +193,11 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		if err != nil {
 			return err
 		}
+		// Prespawned processes of the warm pool die with the server.
+		defer o.Close()
+		if err := o.Warm(n.def, tdir); err != nil {
+			log.Warn("warm pool", "err", err)
+		}
 		group.Go(func() error {
 			if err := n.slots.Prewarm(ctx, f.prewarm); err != nil && ctx.Err() == nil {
 				log.Warn("prewarm network slots", "err", err)
@@ -261,7 +266,7 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 				return err
 			}
 		}
-		apiSrv, err = api.New(api.Config{Domain: f.domain, AdminToken: adminToken}, st,
+		apiSrv, err = api.New(api.Config{Domain: f.domain, AdminToken: adminToken, TemplateFilesDir: filepath.Join(dataDir, "template-files")}, st,
 			api.NewStaticNodes(map[string]orchestratorv1connect.OrchestratorServiceClient{nodeID: client}), log)
 		if err != nil {
 			return err

@@ -29,19 +29,35 @@ func newTemplateBuildCmd(g *globalFlags) *cobra.Command {
 		verbose  bool
 		runtimes []string
 		nf       nodeFlags
+		cf       customFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "build base",
+		Use:   "build base | build -f Dockerfile --name NAME | build --image REF --name NAME",
 		Short: "Build the default template 'base' (Debian kernel, initramfs, debootstrapped rootfs with envd)",
 		Long: `Build the default template 'base': Debian's cloud kernel, an initramfs,
 and a Debian root filesystem (debootstrap from the host's apt mirror) with envd,
 as an ext4 image and a directory, under <data-dir>/templates/base/<build id>/.
 Every artifact is cached under <data-dir>/cache, so a rebuild with the same
-inputs takes seconds. Needs root, debootstrap, e2fsprogs and busybox-static.`,
-		Args:      cobra.ExactArgs(1),
+inputs takes seconds. Needs root, debootstrap, e2fsprogs and busybox-static.
+
+With -f Dockerfile (or --image REF) it builds a custom template on a running
+server instead, as the E2B SDK's Template builder does: the Dockerfile becomes
+build steps (FROM a template or an image, RUN, COPY, ENV, WORKDIR, USER, ARG,
+CMD/ENTRYPOINT as the start command, HEALTHCHECK as the ready command), COPY
+sources are uploaded from the build context, and the build's log is streamed.`,
+		Args:      cobra.MaximumNArgs(1),
 		ValidArgs: []string{base.Name},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if args[0] != base.Name {
+			if cf.remote() {
+				if len(args) > 0 {
+					return fmt.Errorf("-f/--image builds take no argument (the name is --name)")
+				}
+				return runCustomBuild(cmd.Context(), &cf, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
+			if len(args) != 1 || args[0] != base.Name {
+				if len(args) == 0 {
+					return fmt.Errorf("name the template to build (%q), or build a custom one with -f Dockerfile --name NAME", base.Name)
+				}
 				return fmt.Errorf("unknown template %q: only %q can be built here", args[0], base.Name)
 			}
 			if opts.EnvdPath == "" {
@@ -97,6 +113,18 @@ inputs takes seconds. Needs root, debootstrap, e2fsprogs and busybox-static.`,
 	f.BoolVarP(&verbose, "verbose", "v", false, "show the tools' output (debootstrap)")
 	f.StringSliceVar(&runtimes, "runtimes", nil, "runtimes to snapshot the template for (default: every runtime available here)")
 	nf.register(cmd)
+	f.StringVarP(&cf.file, "file", "f", "", "build a custom template from this Dockerfile on a running server (with --name)")
+	f.StringVar(&cf.image, "image", "", "build a custom template from this OCI image on a running server (with --name)")
+	f.StringVar(&cf.name, "name", "", "name of the custom template")
+	f.StringVar(&cf.contextDir, "context", "", "build context of COPY (default: the Dockerfile's directory)")
+	f.StringVar(&cf.apiURL, "api-url", envOr("E2B_API_URL", "http://127.0.0.1:3000"), "Cocoon api for -f/--image (E2B_API_URL)")
+	f.StringVar(&cf.apiKey, "api-key", os.Getenv("E2B_API_KEY"), "API key for -f/--image (E2B_API_KEY)")
+	f.IntVar(&cf.cpuCount, "cpu", 0, "vCPUs of the custom template (default: the base's)")
+	f.IntVar(&cf.memoryMB, "memory-mb", 0, "memory of the custom template, MiB (default: the base's)")
+	f.StringArrayVar(&cf.buildArgs, "build-arg", nil, "ARG value, NAME=value (repeatable)")
+	f.StringVar(&cf.username, "registry-user", "", "user name for a private image registry")
+	f.StringVar(&cf.password, "registry-password", os.Getenv("COCOON_REGISTRY_PASSWORD"), "password for a private image registry (COCOON_REGISTRY_PASSWORD)")
+	f.BoolVar(&cf.force, "force", false, "rebuild every step, ignoring the cache")
 	return cmd
 }
 

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -57,6 +59,15 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// NodeTimeout bounds one RPC to a node (2 min; creates and resumes restore snapshots).
 	NodeTimeout time.Duration
+	// TemplateFilesDir keeps the uploaded COPY archives of template builds
+	// (default: a directory under the system's temp dir).
+	TemplateFilesDir string
+	// MaxUploadBytes caps one uploaded COPY archive (512 MiB).
+	MaxUploadBytes int64
+	// BuildTimeout bounds a whole template build (30 min); ReadyTimeout the
+	// wait for a template's ready command (2 min).
+	BuildTimeout time.Duration
+	ReadyTimeout time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -72,6 +83,14 @@ func (c *Config) setDefaults() {
 	def(&c.MetricsRetention, 24*time.Hour)
 	def(&c.ReconcileInterval, 30*time.Second)
 	def(&c.NodeTimeout, 2*time.Minute)
+	def(&c.BuildTimeout, 30*time.Minute)
+	def(&c.ReadyTimeout, 2*time.Minute)
+	if c.MaxUploadBytes <= 0 {
+		c.MaxUploadBytes = 512 << 20
+	}
+	if c.TemplateFilesDir == "" {
+		c.TemplateFilesDir = filepath.Join(os.TempDir(), "cocoon-template-files")
+	}
 	if c.DefaultTimeout > c.MaxTimeout {
 		c.DefaultTimeout = c.MaxTimeout
 	}
@@ -182,6 +201,9 @@ const (
 	authNone authKind = iota
 	authKey
 	authAdmin
+	// authUpload: no API key (the URL is signed); the handler reads and
+	// checks the body itself, beyond the JSON body limit.
+	authUpload
 )
 
 func (s *Server) registerRoutes() error {
@@ -214,6 +236,11 @@ func (s *Server) registerRoutes() error {
 		{"GET", "/templates", authKey, s.listTemplates},
 		{"GET", "/templates/{templateID}", authKey, s.getTemplate},
 		{"DELETE", "/templates/{templateID}", authKey, s.deleteTemplate},
+		{"POST", "/v3/templates", authKey, s.createTemplateV3},
+		{"GET", "/templates/{templateID}/files/{hash}", authKey, s.templateFileLink},
+		{"PUT", "/templates/{templateID}/files/{hash}/upload", authUpload, s.uploadTemplateFile},
+		{"POST", "/v2/templates/{templateID}/builds/{buildID}", authKey, s.startBuild},
+		{"GET", "/templates/{templateID}/builds/{buildID}/status", authKey, s.buildStatus},
 
 		{"POST", "/admin/teams", authAdmin, s.adminCreateTeam},
 		{"GET", "/admin/teams", authAdmin, s.adminListTeams},
@@ -245,6 +272,12 @@ func (s *Server) wrap(kind authKind, v *validator, h func(http.ResponseWriter, *
 		}
 		if err != nil {
 			writeErr(w, r, s.logger, err)
+			return
+		}
+		if kind == authUpload {
+			if err := h(w, r); err != nil {
+				writeErr(w, r, s.logger, err)
+			}
 			return
 		}
 		if kind != authNone {

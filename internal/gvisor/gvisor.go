@@ -112,6 +112,12 @@ func (d *Driver) globalArgs(debugDir string) []string {
 		"--platform", d.cfg.Platform,
 		"--network", "sandbox",
 		"--overlay2", d.cfg.Overlay,
+		// Honour setuid/setgid bits (sudo, su): runsc ignores them by
+		// default. The sandbox is the isolation boundary; inside it the
+		// base image promises `user` passwordless sudo. The setting is
+		// part of a checkpoint's kernel state, so templates snapshotted
+		// before it was on keep ignoring the bits until rebuilt.
+		"--allow-suid",
 	}
 	if d.cfg.CgroupParent == "-" {
 		args = append(args, "--ignore-cgroups")

@@ -1,6 +1,9 @@
 package network
 
-import "net/netip"
+import (
+	"net"
+	"net/netip"
+)
 
 // Fixed addresses seen by every microVM guest. They are the same in every
 // slot so that any snapshot restores into any slot.
@@ -9,6 +12,12 @@ var (
 	GuestIP = netip.MustParseAddr("169.254.0.21")
 	// GuestGateway is the slot-side address of the TAP device.
 	GuestGateway = netip.MustParseAddr("169.254.0.22")
+	// GuestMAC is a microVM guest's MAC address, the same in every slot.
+	GuestMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0xc0, 0xc0, 0x01}
+	// TapMAC is the TAP device's MAC address, the same in every slot: a
+	// guest restored from a snapshot still has the gateway's address in
+	// its ARP cache, and it must stay right.
+	TapMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0xc0, 0xc0, 0x02}
 )
 
 // GuestPrefixLen is the prefix length of the guest's link (a /30).

@@ -88,7 +88,7 @@ func (c *envdClient) init(ctx context.Context, r initRequest) error {
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("envd /init: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+		return &envdHTTPError{fmt.Sprintf("envd /init: %s: %s", resp.Status, strings.TrimSpace(string(msg)))}
 	}
 	return nil
 }

@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,6 +116,12 @@ func setup(tb testing.TB) (*env, error) {
 	if testing.Verbose() {
 		e.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
+	// Two runs of this suite at once (another engineer's `go test ./...`)
+	// would reconcile away each other's sandboxes: they share the node dir
+	// and the network prefix. The second waits for the first.
+	if err := lockSuite(ctx, filepath.Join(e.dataDir, "otest")); err != nil {
+		return nil, err
+	}
 	var err error
 	if e.tmpDir, err = os.MkdirTemp("", "otest-"); err != nil {
 		return nil, err
@@ -175,6 +182,34 @@ func setup(tb testing.TB) (*env, error) {
 	return e, nil
 }
 
+// lockSuite takes an exclusive flock on dir/.lock, held until the process
+// exits, waiting for another run of the suite to finish.
+func lockSuite(ctx context.Context, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return nil // f stays open: the lock lives as long as the process
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return fmt.Errorf("another run of this suite holds %s: %w", f.Name(), ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // findRunsc returns $COCOON_RUNSC, or <dataDir>/bin/runsc built by
 // gvisor.Install (minutes the first time).
 func findRunsc(ctx context.Context, dataDir string) (string, error) {
@@ -224,6 +259,7 @@ func (e *env) newOrchestrator(tb testing.TB) *orchestrator.Orchestrator {
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
+		defer o.Close() // the warm pool's prespawned processes
 		for _, sb := range o.List(ctx) {
 			if err := o.Kill(ctx, sb.ID, true); err != nil {
 				tb.Errorf("cleanup: kill %s: %v", sb.ID, err)

@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cocoon-run/cocoon/internal/network"
@@ -73,6 +74,10 @@ type Config struct {
 	Reason string
 	// EnvdTimeout bounds the wait for envd after a restore (default 30 s).
 	EnvdTimeout time.Duration
+	// WarmMin and WarmMax bound the warm pool of prespawned runtime
+	// processes per template (runtimes that can prespawn: QEMU); defaults
+	// 1 and 4, WarmMax < 0 disables the pool. See pool.go.
+	WarmMin, WarmMax int
 }
 
 // CreateParams describe a sandbox to create or resume.
@@ -129,6 +134,9 @@ type Orchestrator struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*entry
+
+	refilling atomic.Bool // a network slot refill is running
+	pool      *warmPool
 }
 
 // New starts an orchestrator: it re-adopts the sandboxes recorded under
@@ -147,10 +155,14 @@ func New(ctx context.Context, cfg Config) (*Orchestrator, error) {
 		return nil, fmt.Errorf("orchestrator: default runtime %q is not configured", cfg.Default)
 	}
 	o := &Orchestrator{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*entry{}}
+	o.pool = &warmPool{o: o, queues: map[poolKey]*warmQueue{}}
 	for _, d := range []string{o.recordDir(), o.sandboxRoot(), o.snapshotRoot()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
+	}
+	if err := o.cleanPool(); err != nil {
+		return nil, fmt.Errorf("clean warm pool: %w", err)
 	}
 	if err := o.reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
@@ -229,6 +241,7 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 	if err != nil {
 		return Sandbox{}, err
 	}
+	sp := newSpans()
 	e := &entry{}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -249,10 +262,22 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 		}
 	}()
 
-	slot, err := o.cfg.Slots.Acquire(ctx)
-	if err != nil {
-		return Sandbox{}, fmt.Errorf("acquire network slot: %w", err)
+	// A create of the template's own shape takes a prespawned process
+	// (and the slot it is bound to) from the warm pool when there is one.
+	var warm *warmEntry
+	if p.Snapshot == "" && (p.VCPUs == 0 || p.VCPUs == tmpl.VCPUs) && (p.MemoryMB == 0 || p.MemoryMB == tmpl.MemoryMB) {
+		warm = o.pool.take(rtName, rt, tmpl, p.TemplateDir)
 	}
+	var slot *network.Slot
+	if warm != nil {
+		slot = warm.slot
+	} else {
+		if slot, err = o.cfg.Slots.Acquire(ctx); err != nil {
+			return Sandbox{}, fmt.Errorf("acquire network slot: %w", err)
+		}
+		o.refillSlots()
+	}
+	sp.mark("slot")
 	defer func() {
 		if err != nil {
 			if rerr := o.cfg.Slots.Release(context.WithoutCancel(ctx), slot); rerr != nil {
@@ -263,6 +288,7 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 	if err := o.cfg.Slots.SetEgress(ctx, slot, p.Egress); err != nil {
 		return Sandbox{}, fmt.Errorf("set egress: %w", err)
 	}
+	sp.mark("egress")
 	vcpus, mem := p.VCPUs, p.MemoryMB
 	if vcpus == 0 {
 		vcpus = tmpl.VCPUs
@@ -282,10 +308,19 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 		Slot:     slot,
 	}
 	src := runtime.Source{Template: tmpl, Paused: p.Snapshot}
-	inst, err := rt.Restore(ctx, src, spec)
-	if err != nil {
-		return Sandbox{}, fmt.Errorf("restore %s sandbox: %w", rtName, err)
+	var inst runtime.Instance
+	if warm != nil {
+		if inst, err = warm.p.Claim(ctx, spec); err != nil {
+			o.log.Warn("warm pool: claim failed; restoring the usual way", "id", p.ID, "err", err)
+			inst = nil
+		}
 	}
+	if inst == nil {
+		if inst, err = rt.Restore(ctx, src, spec); err != nil {
+			return Sandbox{}, fmt.Errorf("restore %s sandbox: %w", rtName, err)
+		}
+	}
+	sp.mark("restore")
 	defer func() {
 		if err != nil {
 			if kerr := inst.Kill(context.WithoutCancel(ctx)); kerr != nil {
@@ -295,20 +330,18 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 	}()
 	addr := slot.Addr.Addr().String()
 	ec := newEnvdClient(addr, p.AccessToken)
-	if err := ec.waitHealthy(ctx, o.cfg.EnvdTimeout, inst.Done()); err != nil {
-		return Sandbox{}, fmt.Errorf("envd did not answer: %w; console: %s", err, TailFile(inst.ConsoleLog(), 20))
-	}
 	seed := make([]byte, 64)
 	_, _ = rand.Read(seed)
-	if err := ec.init(ctx, initRequest{
+	if err := ec.initWhenUp(ctx, o.cfg.EnvdTimeout, inst.Done(), initRequest{
 		EnvVars:     p.EnvVars,
 		AccessToken: p.AccessToken,
 		Timestamp:   time.Now().UTC().Format(time.RFC3339Nano),
 		Hostname:    p.Hostname,
 		Seed:        seed,
 	}); err != nil {
-		return Sandbox{}, fmt.Errorf("init envd: %w", err)
+		return Sandbox{}, fmt.Errorf("init envd: %w; console: %s", err, TailFile(inst.ConsoleLog(), 20))
 	}
+	sp.mark("envd_init")
 	e.inst = inst
 	e.sb = Sandbox{
 		ID:          p.ID,
@@ -330,6 +363,8 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 	if err := o.writeRecord(&e.sb); err != nil {
 		return Sandbox{}, err
 	}
+	sp.mark("record")
+	o.log.Debug("sandbox started", append([]any{"id", p.ID, "runtime", rtName, "resume", p.Snapshot != "", "prespawned", warm != nil}, sp.attrs()...)...)
 	if p.Snapshot != "" {
 		// The state now lives in the running sandbox again.
 		if err := os.RemoveAll(o.SnapshotDir(p.ID)); err != nil {
@@ -516,9 +551,13 @@ func (o *Orchestrator) Kill(ctx context.Context, id string, deleteSnapshot bool)
 	return nil
 }
 
-// Close stops nothing: sandboxes outlive the orchestrator process and are
-// re-adopted by the next one. It exists for symmetry with New.
-func (o *Orchestrator) Close() error { return nil }
+// Close stops no sandbox: sandboxes outlive the orchestrator process and
+// are re-adopted by the next one. It discards the warm pool's prespawned
+// processes and releases their slots.
+func (o *Orchestrator) Close() error {
+	o.pool.close()
+	return nil
+}
 
 // KillAll kills every running sandbox (used by tests and `--kill-on-exit`).
 func (o *Orchestrator) KillAll(ctx context.Context) error {

@@ -160,6 +160,13 @@ func killStrays(root string, keep func(string) bool, log *slog.Logger) error {
 			continue
 		}
 		id := sandboxInCmdline(cmdline, needle)
+		if id == "" {
+			// A QEMU that was prespawned names its files relative to its
+			// working directory, the sandbox's (or a pool entry's).
+			if cwd, err := os.Readlink(filepath.Join("/proc", p.Name(), "cwd")); err == nil {
+				id = sandboxInCmdline([]byte(cwd+"/"), needle)
+			}
+		}
 		if id == "" || keep(id) {
 			continue
 		}

@@ -216,7 +216,9 @@ func (o *Orchestrator) makeLayer(ctx context.Context, p BuildParams, parent *run
 		return os.WriteFile(filepath.Join(dir, "disk_mb"), []byte(strconv.Itoa(parent.DiskMB)), 0o644)
 	case p.Image != nil:
 		progress("rootfs: import image " + p.Image.Image)
-		cfg, digest, err := oci.Import(ctx, *p.Image, tree, rootfs.Guest{EnvdPath: filepath.Join(parent.RootfsDir, guest.EnvdPath)},
+		cfg, digest, err := oci.Import(ctx, *p.Image, tree, rootfs.Guest{
+			EnvdPath: filepath.Join(parent.RootfsDir, guest.EnvdPath), TiniPath: filepath.Join(parent.RootfsDir, "usr/bin/tini-static"),
+		},
 			func(f string, a ...any) { progress(fmt.Sprintf(f, a...)) })
 		if err != nil {
 			return err
@@ -269,6 +271,10 @@ func (o *Orchestrator) exportSandbox(ctx context.Context, id, tree string, progr
 	done := make(chan error, 1)
 	go func() {
 		err := oci.Extract(pr, tree, oci.ExtractOptions{})
+		if err == nil {
+			// tar pads its last record with zeros after the end marker.
+			_, _ = io.Copy(io.Discard, pr)
+		}
 		pr.CloseWithError(err)
 		done <- err
 	}()
@@ -283,11 +289,11 @@ func (o *Orchestrator) exportSandbox(ctx context.Context, id, tree string, progr
 	}
 	pw.CloseWithError(err)
 	xerr := <-done
+	if xerr != nil {
+		return fmt.Errorf("export build sandbox: unpack: %w", xerr)
+	}
 	if err != nil {
 		return fmt.Errorf("export build sandbox: %w: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	if xerr != nil {
-		return fmt.Errorf("export build sandbox: %w", xerr)
 	}
 	for _, d := range []string{"proc", "sys", "dev", "run", "tmp"} {
 		_ = os.MkdirAll(filepath.Join(tree, d), 0o755)

@@ -145,6 +145,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	host := net.JoinHostPort(addr, strconv.Itoa(port))
 	key := net.JoinHostPort(strings.ToLower(id)+"."+strings.NewReplacer(".", "-", ":", "-").Replace(addr), strconv.Itoa(port))
 	ctx := context.WithValue(r.Context(), targetKey{}, target{host: host, key: key})
+	// The sandbox may answer (a Connect stream starts) before the transport
+	// has finished with the request body; an HTTP/1 server closes the inbound
+	// body when the response starts, the transport's last read of it fails
+	// and the upstream connection is torn down mid-stream (golang/go#40747).
+	// Full duplex keeps the body readable. HTTP/2 is full duplex already.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
 }
 

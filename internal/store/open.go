@@ -60,7 +60,23 @@ func Open(ctx context.Context, dsn string) (Store, error) {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	s := &sqlStore{db: db, d: d}
-	if err := s.migrate(ctx); err != nil {
+	// A new SQLite connection switches to WAL mode as it opens; when another
+	// process is doing the same, that pragma fails at once with SQLITE_BUSY
+	// (the busy timeout does not cover it), so retry a few times.
+	for attempt := 0; ; attempt++ {
+		err = s.migrate(ctx)
+		if err == nil || d != sqlite || attempt == 20 || !strings.Contains(err.Error(), "SQLITE_BUSY") {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 25 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}

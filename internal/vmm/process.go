@@ -82,11 +82,19 @@ type launchSpec struct {
 	Slot     *network.Slot
 	Incoming bool // start with -incoming defer
 	Sandbox  bool // QEMU's seccomp filter
+	// Relative names Dir's files relative to QEMU's working directory,
+	// which is Dir: the directory can then be renamed under a running
+	// QEMU (a prespawned one is claimed by renaming its directory to the
+	// sandbox's), and the process is found by its cwd, not its args.
+	Relative bool
+	// NoLimit leaves the cgroup limits to the caller (a prespawned QEMU is
+	// limited when claimed, in the cgroup named after the sandbox).
+	NoLimit bool
 }
 
 // guestMAC is the same in every slot, like the guest's address, so that a
 // snapshot restores anywhere.
-const guestMAC = "52:54:00:c0:c0:01"
+var guestMAC = network.GuestMAC.String()
 
 func (l launchSpec) args() []string {
 	m := l.Machine
@@ -123,8 +131,12 @@ func (l launchSpec) args() []string {
 			a = append(a, "-initrd", m.Initrd)
 		}
 	}
+	console, disk := consolePath(l.Dir), l.Disk
+	if l.Relative {
+		console, disk = consoleName, filepath.Base(l.Disk)
+	}
 	a = append(a,
-		"-chardev", "file,id=con,path="+qemuEscape(consolePath(l.Dir)),
+		"-chardev", "file,id=con,path="+qemuEscape(console),
 		"-serial", "chardev:con",
 		// fd 3 is the QMP socket, bound and listening before QEMU starts,
 		// so the driver can connect at once instead of polling for it.
@@ -133,7 +145,7 @@ func (l launchSpec) args() []string {
 	)
 	if l.Disk != "" {
 		a = append(a,
-			"-drive", "id=root,if=none,format=qcow2,discard=unmap,file="+qemuEscape(l.Disk),
+			"-drive", "id=root,if=none,format=qcow2,discard=unmap,file="+qemuEscape(disk),
 			"-device", "virtio-blk-device,drive=root")
 	}
 	if l.Slot != nil {
@@ -193,6 +205,9 @@ func (r *Runtime) launch(ctx context.Context, l launchSpec) (*Instance, error) {
 	cmd.Stdout = stderr
 	cmd.ExtraFiles = []*os.File{lf}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if l.Relative {
+		cmd.Dir = l.Dir
+	}
 	t0 := time.Now()
 	if err := startIn(l.Slot, cmd); err != nil {
 		return nil, fmt.Errorf("start qemu: %w", err)
@@ -206,8 +221,10 @@ func (r *Runtime) launch(ctx context.Context, l launchSpec) (*Instance, error) {
 		inst.kill()
 		return nil, fmt.Errorf("write pid file: %w", err)
 	}
-	if err := r.limit(inst); err != nil {
-		r.log.Warn("vmm: no cgroup limits", "id", l.ID, "err", err)
+	if !l.NoLimit {
+		if err := r.limit(inst); err != nil {
+			r.log.Warn("vmm: no cgroup limits", "id", l.ID, "err", err)
+		}
 	}
 	// Connect now: the listening socket is QEMU's, and the greeting comes
 	// as soon as QEMU has parsed its options.

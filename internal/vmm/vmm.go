@@ -83,6 +83,10 @@ type Options struct {
 	NoSandbox bool
 	// BootTimeout bounds a template boot until envd answers. Default 3 min.
 	BootTimeout time.Duration
+	// PoolNoRestore makes Prespawn stop at a QEMU waiting for its state
+	// (-incoming defer); by default it also loads the template's state and
+	// waits for envd, so that a claim only renames and limits it.
+	PoolNoRestore bool
 	// KernelArgs are appended to the guest kernel command line.
 	KernelArgs []string
 	Logger     *slog.Logger
@@ -414,6 +418,15 @@ func checkCmdline(pid int, dir string) error {
 	for _, a := range args {
 		if strings.Contains(a, want) {
 			return nil
+		}
+	}
+	// A prespawned QEMU names its files relative to its working
+	// directory, which was renamed to the sandbox's when it was claimed.
+	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && filepath.Clean(cwd) == filepath.Clean(dir) {
+		for _, a := range args {
+			if strings.Contains(a, "path="+consoleName) {
+				return nil
+			}
 		}
 	}
 	return fmt.Errorf("process %d is a qemu of another sandbox", pid)

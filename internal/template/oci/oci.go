@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -162,6 +163,26 @@ func Prepare(ctx context.Context, dir string, g rootfs.Guest) error {
 	if err := rootfs.Customize(ctx, dir, g); err != nil {
 		return fmt.Errorf("prepare: %w", err)
 	}
+	return ensureTini(dir, g.TiniPath)
+}
+
+// ensureTini installs the static tini at src as usr/bin/tini (the gVisor
+// runtime's init) unless the tree has one; an empty src skips it.
+func ensureTini(dir, src string) error {
+	dst := filepath.Join(dir, "usr", "bin", "tini")
+	if _, err := os.Lstat(dst); err == nil || src == "" {
+		return nil
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("prepare: tini: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("prepare: tini: %w", err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		return fmt.Errorf("prepare: tini: %w", err)
+	}
 	return nil
 }
 
@@ -227,6 +248,14 @@ func appendLine(file, line string, mode os.FileMode) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("ensure user: %w", err)
 	}
+	// Keep an existing file's mode and owner (shadow is root:shadow 0640).
+	uid, gid := 0, 0
+	if fi, err := os.Stat(file); err == nil {
+		mode = fi.Mode().Perm()
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			uid, gid = int(st.Uid), int(st.Gid)
+		}
+	}
 	if len(b) > 0 && b[len(b)-1] != '\n' {
 		b = append(b, '\n')
 	}
@@ -234,6 +263,12 @@ func appendLine(file, line string, mode os.FileMode) error {
 	// Write a new file: the old one may be a hard link shared with a cache.
 	tmp := file + ".cocoon-tmp"
 	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return fmt.Errorf("ensure user: %w", err)
+	}
+	if err := os.Chmod(tmp, mode); err != nil { // not masked by the umask
+		return fmt.Errorf("ensure user: %w", err)
+	}
+	if err := os.Lchown(tmp, uid, gid); err != nil {
 		return fmt.Errorf("ensure user: %w", err)
 	}
 	if err := os.Rename(tmp, file); err != nil {

@@ -80,6 +80,10 @@ func Debootstrap(ctx context.Context, cacheRoot string, d Debian, logf Logf) (st
 type Guest struct {
 	// EnvdPath is a static envd binary, installed at guest.EnvdPath.
 	EnvdPath string
+	// TiniPath is a static tini, installed as /usr/bin/tini (the gVisor
+	// runtime's init) in trees that lack one, such as imported images.
+	// Customize does not use it; oci.Prepare does.
+	TiniPath string
 }
 
 // customizeFormat versions Customize; bump it whenever Customize changes.

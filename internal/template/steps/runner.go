@@ -25,7 +25,9 @@ type StepError struct {
 	Err  error
 }
 
-func (e *StepError) Error() string { return fmt.Sprintf("step %d (%s) failed: %v", e.Step, e.What, e.Err) }
+func (e *StepError) Error() string {
+	return fmt.Sprintf("step %d (%s) failed: %v", e.Step, e.What, e.Err)
+}
 func (e *StepError) Unwrap() error { return e.Err }
 
 // Runner runs a Spec's steps in a build sandbox.
@@ -142,15 +144,17 @@ func (r *Runner) copy(ctx context.Context, n int, step Step, st State) error {
 	if mode != "" {
 		fmt.Fprintf(&b, "find \"$d\" -mindepth 1 ! -type l -exec chmod %s {} +\n", mode)
 	}
+	// Directories COPY creates belong to the owner, as the files do.
+	fmt.Fprintf(&b, "mk() { p=\"$1\"; top=; while [ ! -e \"$p\" ]; do top=\"$p\"; p=$(dirname \"$p\"); done; mkdir -p \"$1\"; [ -z \"$top\" ] || chown -R %s: \"$top\"; }\n", quote(owner))
 	fmt.Fprintf(&b, `dest=%s
 cd "$d"
 found=
 for s in %s; do
   [ -e "$s" ] || [ -L "$s" ] || continue
   found=1
-  if [ -d "$s" ] && [ ! -L "$s" ]; then mkdir -p "$dest"; cp -a "$s"/. "$dest"/
-  elif [ "${dest%%/}" != "$dest" ] || [ -d "$dest" ]; then mkdir -p "$dest"; cp -a "$s" "$dest"/
-  else mkdir -p "$(dirname "$dest")"; cp -a "$s" "$dest"; fi
+  if [ -d "$s" ] && [ ! -L "$s" ]; then mk "$dest"; cp -a "$s"/. "$dest"/
+  elif [ "${dest%%/}" != "$dest" ] || [ -d "$dest" ]; then mk "$dest"; cp -a "$s" "$dest"/
+  else mk "$(dirname "$dest")"; cp -a "$s" "$dest"; fi
 done
 cd /
 rm -rf "$d" "$a"
