@@ -74,9 +74,12 @@ func (r *Report) Chart(w io.Writer) error {
 			c = color.RGBA{200, 80, 80, 255}
 		}
 		draw.Draw(img, image.Rect(labelW+pad, y+3, xOf(x.P50), y+rowH-3), image.NewUniform(c), image.Point{}, draw.Src)
-		px := xOf(x.P99)
-		for yy := y + 1; yy < y+rowH-1; yy++ {
-			img.Set(px, yy, color.Black)
+		px := xOf(x.P50)
+		if x.P99 > 0 { // scalars have no distribution
+			px = xOf(x.P99)
+			for yy := y + 1; yy < y+rowH-1; yy++ {
+				img.Set(px, yy, color.Black)
+			}
 		}
 		text(max(xOf(x.P50), px)+4, y+13, fmt.Sprintf("%.1f", x.P50), color.Black)
 	}

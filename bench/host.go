@@ -47,8 +47,8 @@ func loadAvg() string {
 // sandboxPSSMiB sums the PSS of every process that belongs to a sandbox of
 // the server with data directory dataDir: its command line names a path in
 // dataDir (QEMU's console and disk, runsc's --root) or its working
-// directory is inside it (pooled QEMUs use relative paths). The server
-// itself (skip) is left out.
+// directory is inside it (prespawned QEMUs use relative paths). The server
+// itself (skip) and the warm pool's processes (<dataDir>/pool) are left out.
 func sandboxPSSMiB(dataDir string, skip int) float64 {
 	dataDir = filepath.Clean(dataDir) + "/"
 	entries, _ := os.ReadDir("/proc")
@@ -65,6 +65,9 @@ func sandboxPSSMiB(dataDir string, skip int) float64 {
 		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
 		if !bytes.Contains(cmd, []byte(dataDir)) && !strings.HasPrefix(cwd+"/", dataDir) {
 			continue
+		}
+		if strings.HasPrefix(cwd+"/", dataDir+"pool/") {
+			continue // the warm pool's processes belong to no sandbox yet
 		}
 		total += pssKB(pid) / 1024
 	}

@@ -308,15 +308,15 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 // resolver adapts the api's sandbox lookup to the proxy.
 type resolver struct{ api *api.Server }
 
-func (r resolver) Resolve(ctx context.Context, id string) (string, error) {
-	addr, err := r.api.Resolve(ctx, id)
+func (r resolver) Resolve(ctx context.Context, id string) (proxy.Target, error) {
+	addr, started, err := r.api.Resolve(ctx, id)
 	switch {
 	case errors.Is(err, api.ErrSandboxNotFound):
-		return "", proxy.ErrNotFound
+		return proxy.Target{}, proxy.ErrNotFound
 	case errors.Is(err, api.ErrSandboxPaused):
-		return "", proxy.ErrPaused
+		return proxy.Target{}, proxy.ErrPaused
 	}
-	return addr, err
+	return proxy.Target{Addr: addr, Epoch: started.UnixNano()}, err
 }
 
 // nodeClient returns the node RPC client: over TCP when url is set, else

@@ -799,21 +799,21 @@ var (
 )
 
 // Resolve returns the node address of a running sandbox for the sandbox
-// proxy. A paused sandbox created with auto-resume is resumed first, with
+// proxy, and the time it last started (which changes on every resume). A paused sandbox created with auto-resume is resumed first, with
 // the default timeout; any other paused sandbox gives ErrSandboxPaused.
-func (s *Server) Resolve(ctx context.Context, id string) (string, error) {
+func (s *Server) Resolve(ctx context.Context, id string) (addr string, started time.Time, err error) {
 	sb, err := s.store.GetSandbox(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return "", ErrSandboxNotFound
+		return "", time.Time{}, ErrSandboxNotFound
 	}
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	switch sb.State {
 	case store.StateRunning:
 	case store.StatePaused, store.StatePausing, store.StateResuming:
 		if !sb.AutoResume {
-			return "", ErrSandboxPaused
+			return "", time.Time{}, ErrSandboxPaused
 		}
 		unlock := s.locks.lock(id)
 		sb, err = s.store.GetSandbox(ctx, id)
@@ -822,17 +822,17 @@ func (s *Server) Resolve(ctx context.Context, id string) (string, error) {
 		}
 		unlock()
 		if err != nil {
-			return "", fmt.Errorf("auto-resume: %w", err)
+			return "", time.Time{}, fmt.Errorf("auto-resume: %w", err)
 		}
 		if sb.State != store.StateRunning {
-			return "", ErrSandboxPaused
+			return "", time.Time{}, ErrSandboxPaused
 		}
 	default:
-		return "", ErrSandboxNotFound
+		return "", time.Time{}, ErrSandboxNotFound
 	}
 	var nd NodeData
 	if err := json.Unmarshal(sb.NodeData, &nd); err != nil || nd.Address == "" {
-		return "", fmt.Errorf("sandbox %s has no known address", id)
+		return "", time.Time{}, fmt.Errorf("sandbox %s has no known address", id)
 	}
-	return nd.Address, nil
+	return nd.Address, sb.StartedAt, nil
 }

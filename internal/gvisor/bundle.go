@@ -40,6 +40,9 @@ var envdCaps = []string{
 	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
 	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
 	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+	// envd's /init sets the clone's hostname (sethostname needs it). It is
+	// gVisor's own kernel that grants it, inside the sandbox boundary.
+	"CAP_SYS_ADMIN",
 }
 
 type ociUser struct {

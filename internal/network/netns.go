@@ -145,20 +145,13 @@ func setupInside(s *Slot) error {
 	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: ipnet(gw)}); err != nil {
 		return fmt.Errorf("add %s to %s: %w", gw, s.Tap, err)
 	}
+	// A fixed MAC: a restored guest's ARP entry for its gateway (taken
+	// in the build slot) stays right in every slot.
 	if err := netlink.LinkSetHardwareAddr(link, TapMAC); err != nil {
 		return fmt.Errorf("set %s address: %w", s.Tap, err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", s.Tap, err)
-	}
-	// The guest's MAC is fixed, so no ARP round trip (whose first request
-	// a just-restored guest may miss, costing a 1 s retransmit) stands
-	// before the first packet to a new sandbox.
-	if err := netlink.NeighSet(&netlink.Neigh{
-		LinkIndex: link.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
-		IP: GuestIP.AsSlice(), HardwareAddr: GuestMAC,
-	}); err != nil {
-		return fmt.Errorf("guest neighbour on %s: %w", s.Tap, err)
 	}
 	return nil
 }

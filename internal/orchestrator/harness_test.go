@@ -251,7 +251,10 @@ func (e *env) newOrchestrator(tb testing.TB) *orchestrator.Orchestrator {
 	ctx := context.Background()
 	o, err := orchestrator.New(ctx, orchestrator.Config{
 		NodeID: "otest", DataDir: e.nodeDir, Runtimes: e.runtimes, Default: e.names[0],
-		Slots: e.slots, Logger: e.log,
+		Slots: e.slots, Logger: e.log, WarmMax: warmMax(),
+		// Correctness, not speed: a TCG guest on a box shared with other
+		// suites may need more than the default 30 s to answer.
+		EnvdTimeout: 90 * time.Second,
 	})
 	if err != nil {
 		tb.Fatalf("orchestrator.New: %v", err)
@@ -267,6 +270,15 @@ func (e *env) newOrchestrator(tb testing.TB) *orchestrator.Orchestrator {
 		}
 	})
 	return o
+}
+
+// warmMax is the orchestrator's warm pool bound: COCOON_TEST_WARM=off
+// disables the pool (to compare with plain restores), else the default.
+func warmMax() int {
+	if os.Getenv("COCOON_TEST_WARM") == "off" {
+		return -1
+	}
+	return 0
 }
 
 // newID returns a fresh sandbox id.
@@ -354,9 +366,9 @@ func mustRun(tb testing.TB, addr, cmd string) string {
 	return strings.TrimSpace(r.Stdout)
 }
 
-// procsMentioning lists the live pids whose command line contains s
-// followed by a character that cannot continue a sandbox id (so that
-// <dir>/ab does not match <dir>/abc).
+// procsMentioning lists the live pids whose command line (or working
+// directory) contains s followed by a character that cannot continue a
+// sandbox id (so that <dir>/ab does not match <dir>/abc).
 func procsMentioning(s string) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
@@ -366,7 +378,12 @@ func procsMentioning(s string) []int {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
-		if err != nil || !mentions(b, []byte(s)) || !alive(pid) {
+		if err != nil {
+			continue
+		}
+		// A QEMU from the warm pool names its files relative to its cwd.
+		cwd, _ := os.Readlink(filepath.Join("/proc", d.Name(), "cwd"))
+		if !mentions(b, []byte(s)) && !mentions([]byte(cwd+"/"), []byte(s)) || !alive(pid) {
 			continue
 		}
 		pids = append(pids, pid)

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -471,6 +472,11 @@ func (o *Orchestrator) Pause(ctx context.Context, id string) (Sandbox, error) {
 		return e.sb, fmt.Errorf("create snapshot dir: %w", err)
 	}
 	inst := e.inst
+	if addr, err := netip.ParseAddr(e.sb.Address); err == nil {
+		if err := network.DropConnections(addr); err != nil {
+			o.log.Warn("drop host connections before pause", "id", id, "err", err)
+		}
+	}
 	// Detach first so that watch() does not report the exit as a death.
 	e.sb.State = StatePaused
 	if err := inst.Pause(ctx, filepath.Join(snap, "state")); err != nil {

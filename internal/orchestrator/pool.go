@@ -144,13 +144,13 @@ func (w *warmPool) fillLocked(k poolKey, q *warmQueue) {
 	for !w.closed && q.spawning < warmSpawners && len(q.ready)+q.spawning < w.targetLocked(q) {
 		q.spawning++
 		w.wg.Add(1)
-		go w.spawn(k, q)
+		go w.spawn(k, q, q.rt, q.tmpl)
 	}
 }
 
 // spawn prespawns one process for q and queues it; it keeps going while
 // the pool is below its target.
-func (w *warmPool) spawn(k poolKey, q *warmQueue) {
+func (w *warmPool) spawn(k poolKey, q *warmQueue, rt runtime.Prespawner, tmpl *runtime.Template) {
 	defer w.wg.Done()
 	o := w.o
 	ctx := context.Background()
@@ -160,7 +160,7 @@ func (w *warmPool) spawn(k poolKey, q *warmQueue) {
 			return nil, err
 		}
 		o.refillSlots()
-		p, err := q.rt.Prespawn(ctx, q.tmpl, slot, filepath.Join(o.poolRoot(), newPoolID()))
+		p, err := rt.Prespawn(ctx, tmpl, slot, filepath.Join(o.poolRoot(), newPoolID()))
 		if err != nil {
 			o.releaseSlot(slot)
 			return nil, err

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,7 +38,7 @@ func (f *fakeSlots) Release(_ context.Context, s *network.Slot) error {
 }
 
 func (f *fakeSlots) SetEgress(context.Context, *network.Slot, network.Egress) error { return nil }
-func (f *fakeSlots) Reconcile(context.Context, func(int) bool) error               { return nil }
+func (f *fakeSlots) Reconcile(context.Context, func(int) bool) error                { return nil }
 
 func (f *fakeSlots) used() int {
 	f.mu.Lock()
@@ -54,12 +55,12 @@ type fakeRuntime struct {
 type fakeProc struct {
 	done      chan struct{}
 	once      sync.Once
-	discarded bool
+	discarded atomic.Bool
 }
 
 func (p *fakeProc) Claim(context.Context, runtime.Spec) (runtime.Instance, error) { return nil, nil }
 func (p *fakeProc) Discard(context.Context) error {
-	p.discarded = true
+	p.discarded.Store(true)
 	p.exit()
 	return nil
 }
@@ -137,7 +138,7 @@ func TestWarmPoolFollowsCreateRateAndCleansUp(t *testing.T) {
 	victim := o.pool.queues[poolKey{"fake", "/t"}].ready[0].p.(*fakeProc)
 	o.pool.mu.Unlock()
 	victim.exit()
-	eventually(t, "dead entry dropped", func() bool { return victim.discarded })
+	eventually(t, "dead entry dropped", func() bool { return victim.discarded.Load() })
 	// Close discards every pooled process and releases their slots.
 	o.Close()
 	if n := o.WarmSize(); n != 0 {
@@ -153,7 +154,7 @@ func TestWarmPoolFollowsCreateRateAndCleansUp(t *testing.T) {
 		for _, e := range got {
 			claimed = claimed || e.p == runtime.Prespawned(p)
 		}
-		if !claimed && !p.discarded {
+		if !claimed && !p.discarded.Load() {
 			t.Fatal("a pooled process survived Close")
 		}
 	}

@@ -31,7 +31,19 @@ var (
 // Resolver finds where a sandbox's ports are reachable from this host,
 // resuming it first when it is paused and asked for auto-resume.
 type Resolver interface {
-	Resolve(ctx context.Context, sandboxID string) (addr string, err error)
+	Resolve(ctx context.Context, sandboxID string) (Target, error)
+}
+
+// Target is where a sandbox runs now.
+type Target struct {
+	// Addr is the sandbox's address as seen from this host.
+	Addr string
+	// Epoch changes whenever the sandbox is (re)started, e.g. by a resume.
+	// Idle connections are never reused across epochs: a connection opened
+	// before a pause is dead after the resume even when the address is the
+	// same, and the slot's conntrack no longer knows it (requests on it
+	// would hang rather than fail).
+	Epoch int64
 }
 
 // Proxy is an http.Handler.
@@ -130,7 +142,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	addr, err := p.resolver.Resolve(r.Context(), id)
+	t, err := p.resolver.Resolve(r.Context(), id)
+	addr := t.Addr
 	switch {
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("sandbox %q not found", id))
@@ -143,7 +156,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	host := net.JoinHostPort(addr, strconv.Itoa(port))
-	key := net.JoinHostPort(strings.ToLower(id)+"."+strings.NewReplacer(".", "-", ":", "-").Replace(addr), strconv.Itoa(port))
+	key := net.JoinHostPort(fmt.Sprintf("%s.%d.%s", strings.ToLower(id), t.Epoch,
+		strings.NewReplacer(".", "-", ":", "-").Replace(addr)), strconv.Itoa(port))
 	ctx := context.WithValue(r.Context(), targetKey{}, target{host: host, key: key})
 	// The sandbox may answer (a Connect stream starts) before the transport
 	// has finished with the request body; an HTTP/1 server closes the inbound

@@ -18,14 +18,14 @@ import (
 // mapResolver is the proxy's boundary: the control plane's lookup.
 type mapResolver map[string]string
 
-func (m mapResolver) Resolve(_ context.Context, id string) (string, error) {
+func (m mapResolver) Resolve(_ context.Context, id string) (Target, error) {
 	switch a := m[id]; a {
 	case "":
-		return "", ErrNotFound
+		return Target{}, ErrNotFound
 	case "paused":
-		return "", ErrPaused
+		return Target{}, ErrPaused
 	default:
-		return a, nil
+		return Target{Addr: a, Epoch: 1}, nil
 	}
 }
 
