@@ -160,6 +160,17 @@ for combo in $matrix; do
 		cd tests/e2e && timeout 900 node --test --test-reporter=spec server.test.mjs
 	) 2>&1 | tee "$d/test.log"
 	rc=${PIPESTATUS[0]}
+	# Custom templates (the SDK's Template builder) once, on the default runtime.
+	if [[ "$rt" == gvisor && "$db" == sqlite && "$rc" == 0 && "$subset" == full ]]; then
+		log "running tests/e2e/template.test.mjs ($rt, $db)"
+		(
+			unset E2B_DOMAIN E2B_DEBUG
+			# shellcheck disable=SC1091
+			source "$d/sdk.env"
+			cd tests/e2e && timeout 900 node --test --test-reporter=spec template.test.mjs
+		) 2>&1 | tee -a "$d/test.log"
+		rc=${PIPESTATUS[0]}
+	fi
 	tt=$(($(date +%s) - tt0))
 	npass=$(grep -oP '^ℹ pass \K\d+' "$d/test.log" | tail -n1)
 	nfail=$(grep -oP '^ℹ fail \K\d+' "$d/test.log" | tail -n1)

@@ -19,7 +19,11 @@ func (c *envdClient) initWhenUp(ctx context.Context, timeout time.Duration, died
 	var last error
 	delay := 2 * time.Millisecond
 	for {
-		err := c.init(ctx, r)
+		// One attempt must not eat the whole deadline: a request lost while
+		// the restored guest's network comes up would otherwise wait it out.
+		actx, acancel := context.WithTimeout(ctx, initAttemptTimeout)
+		err := c.init(actx, r)
+		acancel()
 		var he *envdHTTPError
 		if err == nil || errors.As(err, &he) {
 			return err
@@ -37,6 +41,10 @@ func (c *envdClient) initWhenUp(ctx context.Context, timeout time.Duration, died
 		}
 	}
 }
+
+// initAttemptTimeout bounds one /init request; envd answers it in
+// milliseconds once its guest runs.
+const initAttemptTimeout = 3 * time.Second
 
 // envdHTTPError is an answer from envd with an error status.
 type envdHTTPError struct{ msg string }
