@@ -197,6 +197,14 @@ func TestCrashRecovery(t *testing.T) {
 		if procs := runtimeProcs(unownedDir); len(procs) == 0 {
 			t.Fatalf("no runtime process of %s before the restart", unowned.SandboxId)
 		}
+		// The restarted orchestrator may build a new slot under the same
+		// name (its warm pool takes the lowest free index): what must be
+		// gone is this namespace and this veth, told by inode and ifindex.
+		nsIno := inode(record.Slot.NetnsPath)
+		vethIndex := 0
+		if ifc, err := net.InterfaceByName(record.Slot.VethHost); err == nil {
+			vethIndex = ifc.Index
+		}
 		if err := os.Remove(rec); err != nil {
 			t.Fatal(err)
 		}
@@ -207,10 +215,10 @@ func TestCrashRecovery(t *testing.T) {
 		if exists(unownedDir) {
 			t.Errorf("the unowned sandbox's directory %s survived the restart", unownedDir)
 		}
-		if exists(record.Slot.NetnsPath) {
+		if ino := inode(record.Slot.NetnsPath); ino != 0 && ino == nsIno {
 			t.Errorf("the unowned sandbox's namespace %s survived the restart", record.Slot.Netns)
 		}
-		if _, err := net.InterfaceByName(record.Slot.VethHost); err == nil {
+		if ifc, err := net.InterfaceByName(record.Slot.VethHost); err == nil && ifc.Index == vethIndex {
 			t.Errorf("the unowned sandbox's host veth %s survived the restart", record.Slot.VethHost)
 		}
 		if _, err := p.client.Get(ctx, connect.NewRequest(&orchv1.GetRequest{SandboxId: unowned.SandboxId})); connect.CodeOf(err) != connect.CodeNotFound {
@@ -302,4 +310,13 @@ func TestRPCAuth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// inode of the file at path (a namespace handle), 0 when it does not exist.
+func inode(path string) uint64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Ino
 }
