@@ -198,9 +198,12 @@ func TestCrashRecovery(t *testing.T) {
 			t.Fatalf("no runtime process of %s before the restart", unowned.SandboxId)
 		}
 		// The restarted orchestrator may build a new slot under the same
-		// name (its warm pool takes the lowest free index): what must be
-		// gone is this namespace and this veth, told by inode and ifindex.
-		nsIno := inode(record.Slot.NetnsPath)
+		// name (its warm pool takes the lowest free index), and namespace
+		// inode numbers are reused: mark this namespace with a veth pair
+		// and the veth by its ifindex, and check those are gone.
+		if out, err := exec.Command("ip", "-n", record.Slot.Netns, "link", "add", "leakmark", "type", "veth", "peer", "name", "leakmark2").CombinedOutput(); err != nil {
+			t.Fatalf("mark namespace %s: %v: %s", record.Slot.Netns, err, out)
+		}
 		vethIndex := 0
 		if ifc, err := net.InterfaceByName(record.Slot.VethHost); err == nil {
 			vethIndex = ifc.Index
@@ -215,8 +218,10 @@ func TestCrashRecovery(t *testing.T) {
 		if exists(unownedDir) {
 			t.Errorf("the unowned sandbox's directory %s survived the restart", unownedDir)
 		}
-		if ino := inode(record.Slot.NetnsPath); ino != 0 && ino == nsIno {
-			t.Errorf("the unowned sandbox's namespace %s survived the restart", record.Slot.Netns)
+		if exists(record.Slot.NetnsPath) {
+			if err := exec.Command("ip", "-n", record.Slot.Netns, "link", "show", "leakmark").Run(); err == nil {
+				t.Errorf("the unowned sandbox's namespace %s survived the restart", record.Slot.Netns)
+			}
 		}
 		if ifc, err := net.InterfaceByName(record.Slot.VethHost); err == nil && ifc.Index == vethIndex {
 			t.Errorf("the unowned sandbox's host veth %s survived the restart", record.Slot.VethHost)
@@ -310,13 +315,4 @@ func TestRPCAuth(t *testing.T) {
 			}
 		})
 	}
-}
-
-// inode of the file at path (a namespace handle), 0 when it does not exist.
-func inode(path string) uint64 {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return 0
-	}
-	return st.Ino
 }
