@@ -21,6 +21,7 @@ import (
 
 	fspb "github.com/cocoon-run/cocoon/api/gen/filesystem"
 	"github.com/cocoon-run/cocoon/api/gen/filesystem/filesystemconnect"
+	"github.com/cocoon-run/cocoon/internal/envd/frames"
 	"github.com/cocoon-run/cocoon/internal/envd/identity"
 	"github.com/cocoon-run/cocoon/internal/envd/session"
 )
@@ -76,7 +77,7 @@ func New(sess *session.Session, opts ...Option) *Service {
 
 // Handler returns the Connect handler of filesystem.Filesystem, mounted at the returned path.
 func (s *Service) Handler(opts ...connect.HandlerOption) (string, http.Handler) {
-	opts = append([]connect.HandlerOption{connect.WithInterceptors(badFrames{})}, opts...)
+	opts = append([]connect.HandlerOption{connect.WithInterceptors(frames.Interceptor{})}, opts...)
 	return filesystemconnect.NewFilesystemHandler(s, opts...)
 }
 

@@ -27,6 +27,7 @@ import (
 
 	pb "github.com/cocoon-run/cocoon/api/gen/process"
 	"github.com/cocoon-run/cocoon/api/gen/process/processconnect"
+	"github.com/cocoon-run/cocoon/internal/envd/frames"
 	"github.com/cocoon-run/cocoon/internal/envd/identity"
 	"github.com/cocoon-run/cocoon/internal/envd/session"
 )
@@ -86,7 +87,7 @@ func New(sess *session.Session, opts ...Option) *Service {
 
 // Handler returns the Connect handler of process.Process, mounted at the returned path.
 func (s *Service) Handler(opts ...connect.HandlerOption) (string, http.Handler) {
-	opts = append([]connect.HandlerOption{connect.WithInterceptors(frameErrors{})}, opts...)
+	opts = append([]connect.HandlerOption{connect.WithInterceptors(frames.Interceptor{})}, opts...)
 	return processconnect.NewProcessHandler(s, opts...)
 }
 

@@ -1,4 +1,6 @@
-package filesystem
+// Package frames makes envd report malformed Connect request streams as the
+// client's fault (invalid_argument) rather than a server error.
+package frames
 
 import (
 	"context"
@@ -8,18 +10,18 @@ import (
 	"connectrpc.com/connect"
 )
 
-// badFrames reports a malformed request of a server stream (truncated
+// Interceptor reports a malformed request of a server stream (truncated
 // envelope, no message at all) as invalid_argument: connect-go calls those
 // internal or unimplemented, but they are the client's fault.
-type badFrames struct{}
+type Interceptor struct{}
 
-func (badFrames) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
+func (Interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
 
-func (badFrames) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+func (Interceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return next
 }
 
-func (badFrames) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+func (Interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		c := &frameConn{StreamingHandlerConn: conn}
 		err := next(ctx, c)
