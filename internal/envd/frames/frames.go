@@ -54,3 +54,8 @@ func (c *frameConn) Receive(m any) error {
 	}
 	return err
 }
+
+// CompressMinBytes is the smallest message envd compresses when the client
+// accepts compression: process events and file entries are tiny, and
+// gzipping them costs more time than the bytes it saves on a local link.
+const CompressMinBytes = 4096

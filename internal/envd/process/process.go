@@ -87,7 +87,8 @@ func New(sess *session.Session, opts ...Option) *Service {
 
 // Handler returns the Connect handler of process.Process, mounted at the returned path.
 func (s *Service) Handler(opts ...connect.HandlerOption) (string, http.Handler) {
-	opts = append([]connect.HandlerOption{connect.WithInterceptors(frames.Interceptor{})}, opts...)
+	// Events are tens of bytes: gzip would cost more than it saves.
+	opts = append([]connect.HandlerOption{connect.WithInterceptors(frames.Interceptor{}), connect.WithCompressMinBytes(frames.CompressMinBytes)}, opts...)
 	return processconnect.NewProcessHandler(s, opts...)
 }
 
