@@ -17,6 +17,7 @@ import (
 
 	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
 	"github.com/cocoon-run/cocoon/internal/api"
+	"github.com/cocoon-run/cocoon/internal/nodeauth"
 	"github.com/cocoon-run/cocoon/internal/orchestrator"
 	"github.com/cocoon-run/cocoon/internal/proxy"
 	"github.com/cocoon-run/cocoon/internal/store"
@@ -323,7 +324,7 @@ func (r resolver) Resolve(ctx context.Context, id string) (proxy.Target, error) 
 // over the orchestrator's unix socket.
 func nodeClient(url, sock, token string) orchestratorv1connect.OrchestratorServiceClient {
 	if url != "" {
-		return orchestrator.NewClient(http.DefaultClient, strings.TrimRight(url, "/"), token)
+		return nodeauth.NewClient(http.DefaultClient, strings.TrimRight(url, "/"), token)
 	}
 	hc := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -331,7 +332,7 @@ func nodeClient(url, sock, token string) orchestratorv1connect.OrchestratorServi
 		},
 		MaxIdleConnsPerHost: 32,
 	}}
-	return orchestrator.NewClient(hc, "http://node", token)
+	return nodeauth.NewClient(hc, "http://node", token)
 }
 
 func askNodeID(ctx context.Context, c orchestratorv1connect.OrchestratorServiceClient) (string, error) {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
+	"github.com/cocoon-run/cocoon/internal/nodeauth"
 	"github.com/cocoon-run/cocoon/internal/store"
 
 	orchestratorv1 "github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1"
@@ -69,7 +70,7 @@ func newEnv(t *testing.T, cfg Config) *env {
 	nodeSrv := httptest.NewServer(mux)
 	t.Cleanup(nodeSrv.Close)
 	e.nodes = NewStaticNodes(map[string]orchestratorv1connect.OrchestratorServiceClient{
-		"node1": NewNodeClient(nodeSrv.Client(), nodeSrv.URL, nodeToken),
+		"node1": nodeauth.NewClient(nodeSrv.Client(), nodeSrv.URL, nodeToken),
 	})
 	e.start(cfg)
 	return e

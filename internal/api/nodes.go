@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/cocoon-run/cocoon/internal/nodeauth"
 	"slices"
 	"sync"
-
-	"connectrpc.com/connect"
 
 	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
 )
@@ -84,11 +81,4 @@ func (s *StaticNodes) IDs() []string {
 	}
 	slices.Sort(ids)
 	return ids
-}
-
-// NewNodeClient returns an orchestrator client for the node at baseURL that
-// authenticates every call with the node's bearer token.
-func NewNodeClient(httpClient connect.HTTPClient, baseURL, token string, opts ...connect.ClientOption) orchestratorv1connect.OrchestratorServiceClient {
-	opts = append([]connect.ClientOption{connect.WithInterceptors(nodeauth.Client(token))}, opts...)
-	return orchestratorv1connect.NewOrchestratorServiceClient(httpClient, baseURL, opts...)
 }

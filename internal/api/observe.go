@@ -183,20 +183,25 @@ func intParam(r *http.Request, name string) (int64, error) {
 	return n, nil
 }
 
-func (s *Server) sandboxLogs(w http.ResponseWriter, r *http.Request) error {
+// logsRequest reads what both log endpoints take: the sandbox, a position
+// parameter (named pos), the limit, and the sandbox's console lines.
+func (s *Server) logsRequest(r *http.Request, pos string) (entries []logEntryJSON, at, limit int64, err error) {
 	sb, err := s.lookup(r.Context(), r.PathValue("sandboxID"))
 	if err != nil {
-		return err
+		return nil, 0, 0, err
 	}
-	start, err := intParam(r, "start")
-	if err != nil {
-		return err
+	if at, err = intParam(r, pos); err != nil {
+		return nil, 0, 0, err
 	}
-	limit, err := intParam(r, "limit")
-	if err != nil {
-		return err
+	if limit, err = intParam(r, "limit"); err != nil {
+		return nil, 0, 0, err
 	}
-	entries, err := s.consoleLines(r.Context(), sb)
+	entries, err = s.consoleLines(r.Context(), sb)
+	return entries, at, limit, err
+}
+
+func (s *Server) sandboxLogs(w http.ResponseWriter, r *http.Request) error {
+	entries, start, limit, err := s.logsRequest(r, "start")
 	if err != nil {
 		return err
 	}
@@ -210,19 +215,7 @@ func (s *Server) sandboxLogs(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) sandboxLogsV2(w http.ResponseWriter, r *http.Request) error {
-	sb, err := s.lookup(r.Context(), r.PathValue("sandboxID"))
-	if err != nil {
-		return err
-	}
-	cursor, err := intParam(r, "cursor")
-	if err != nil {
-		return err
-	}
-	limit, err := intParam(r, "limit")
-	if err != nil {
-		return err
-	}
-	entries, err := s.consoleLines(r.Context(), sb)
+	entries, cursor, limit, err := s.logsRequest(r, "cursor")
 	if err != nil {
 		return err
 	}

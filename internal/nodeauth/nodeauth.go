@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"connectrpc.com/connect"
+
+	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
 )
 
 // Server returns the interceptor that refuses calls without the token.
@@ -63,4 +65,11 @@ func (a *interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 		}
 		return next(ctx, conn)
 	}
+}
+
+// NewClient returns a node RPC client for the orchestrator at baseURL that
+// authenticates every call with token.
+func NewClient(httpClient connect.HTTPClient, baseURL, token string, opts ...connect.ClientOption) orchestratorv1connect.OrchestratorServiceClient {
+	opts = append([]connect.ClientOption{connect.WithInterceptors(Client(token))}, opts...)
+	return orchestratorv1connect.NewOrchestratorServiceClient(httpClient, baseURL, opts...)
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cocoon-run/cocoon/internal/orchestrator"
 	"github.com/cocoon-run/cocoon/internal/runtime"
 	"github.com/cocoon-run/cocoon/internal/vmm"
 )
@@ -203,7 +202,7 @@ func coldBoot(ctx context.Context, e *env, t *runtime.Template) (time.Duration, 
 	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	if err := vmm.WaitHealthy(wctx, slot, inst.Done()); err != nil {
-		return 0, fmt.Errorf("cold boot: %w: %s", err, orchestrator.TailFile(inst.ConsoleLog(), 10))
+		return 0, fmt.Errorf("cold boot: %w: %s", err, runtime.TailLog(inst.ConsoleLog(), 10))
 	}
 	return time.Since(t0), nil
 }

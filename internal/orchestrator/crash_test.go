@@ -22,7 +22,9 @@ import (
 	orchv1 "github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1"
 	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
 	"github.com/cocoon-run/cocoon/internal/gvisor"
+	"github.com/cocoon-run/cocoon/internal/nodeauth"
 	"github.com/cocoon-run/cocoon/internal/orchestrator"
+	"github.com/cocoon-run/cocoon/internal/runtime"
 )
 
 // cocoonBin builds bin/cocoon once per test binary.
@@ -76,11 +78,11 @@ func (e *env) startOrchestrator(tb testing.TB, d, rt string) *orchProc {
 	for {
 		select {
 		case <-p.exited:
-			tb.Fatalf("cocoon orchestrator exited at start: %s", orchestrator.TailFile(filepath.Join(d, "orchestrator.log"), 20))
+			tb.Fatalf("cocoon orchestrator exited at start: %s", runtime.TailLog(filepath.Join(d, "orchestrator.log"), 20))
 		default:
 		}
 		if tok, err := os.ReadFile(filepath.Join(d, "node.token")); err == nil && p.client == nil {
-			p.client = orchestrator.NewClient(http.DefaultClient, "http://"+addr, strings.TrimSpace(string(tok)))
+			p.client = nodeauth.NewClient(http.DefaultClient, "http://"+addr, strings.TrimSpace(string(tok)))
 		}
 		if p.client != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -91,7 +93,7 @@ func (e *env) startOrchestrator(tb testing.TB, d, rt string) *orchProc {
 			}
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("cocoon orchestrator did not answer: %s", orchestrator.TailFile(filepath.Join(d, "orchestrator.log"), 20))
+			tb.Fatalf("cocoon orchestrator did not answer: %s", runtime.TailLog(filepath.Join(d, "orchestrator.log"), 20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -286,10 +288,10 @@ func TestRPCAuth(t *testing.T) {
 		want   connect.Code
 	}{
 		{"no token", orchestratorv1connect.NewOrchestratorServiceClient(srv.Client(), srv.URL), connect.CodeUnauthenticated},
-		{"wrong token", orchestrator.NewClient(srv.Client(), srv.URL, "wrong-token"), connect.CodeUnauthenticated},
-		{"empty token", orchestrator.NewClient(srv.Client(), srv.URL, ""), connect.CodeUnauthenticated},
-		{"prefix of the token", orchestrator.NewClient(srv.Client(), srv.URL, "right"), connect.CodeUnauthenticated},
-		{"right token", orchestrator.NewClient(srv.Client(), srv.URL, "right-token"), 0},
+		{"wrong token", nodeauth.NewClient(srv.Client(), srv.URL, "wrong-token"), connect.CodeUnauthenticated},
+		{"empty token", nodeauth.NewClient(srv.Client(), srv.URL, ""), connect.CodeUnauthenticated},
+		{"prefix of the token", nodeauth.NewClient(srv.Client(), srv.URL, "right"), connect.CodeUnauthenticated},
+		{"right token", nodeauth.NewClient(srv.Client(), srv.URL, "right-token"), 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 )
@@ -24,46 +22,21 @@ type envdClient struct {
 	http  *http.Client
 }
 
-func newEnvdClient(addr, token string) *envdClient {
+// newEnvdHTTP is the orchestrator's one HTTP client for every envd. No
+// keep-alives: a sandbox's address goes to another sandbox after it, and a
+// pause must find no connection of ours open.
+func newEnvdHTTP() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext:       (&net.Dialer{Timeout: time.Second}).DialContext,
+		DisableKeepAlives: true,
+	}}
+}
+
+func (o *Orchestrator) envd(addr, token string) *envdClient {
 	return &envdClient{
 		base:  "http://" + net.JoinHostPort(addr, fmt.Sprint(EnvdPort)),
 		token: token,
-		http: &http.Client{Transport: &http.Transport{
-			DialContext:       (&net.Dialer{Timeout: time.Second}).DialContext,
-			DisableKeepAlives: true,
-		}},
-	}
-}
-
-// waitHealthy polls /health until it answers 204, the deadline passes or
-// the sandbox dies.
-func (c *envdClient) waitHealthy(ctx context.Context, timeout time.Duration, died <-chan struct{}) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last error
-	delay := 2 * time.Millisecond
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/health", nil)
-		resp, err := c.http.Do(req)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("health answered %s", resp.Status)
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
-		case <-died:
-			return errors.New("the sandbox process exited")
-		case <-time.After(delay):
-		}
-		if delay < 20*time.Millisecond {
-			delay *= 2
-		}
+		http:  o.envdHTTP,
 	}
 }
 
@@ -143,27 +116,5 @@ func (o *Orchestrator) Metrics(ctx context.Context, id string) (Metrics, error) 
 	if sb.State != StateRunning {
 		return Metrics{}, fmt.Errorf("metrics of a %s sandbox: %w", sb.State, ErrState)
 	}
-	return newEnvdClient(sb.Address, sb.AccessToken).metrics(ctx)
-}
-
-// TailFile returns the last n lines of a file, for error messages.
-func TailFile(path string, n int) string {
-	if path == "" {
-		return ""
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	const max = 64 << 10
-	if st, err := f.Stat(); err == nil && st.Size() > max {
-		_, _ = f.Seek(st.Size()-max, io.SeekStart)
-	}
-	b, _ := io.ReadAll(f)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return o.envd(sb.Address, sb.AccessToken).metrics(ctx)
 }

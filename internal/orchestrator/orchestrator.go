@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -133,6 +134,8 @@ type Orchestrator struct {
 	cfg Config
 	log *slog.Logger
 
+	envdHTTP *http.Client
+
 	mu        sync.Mutex
 	sandboxes map[string]*entry
 
@@ -155,7 +158,7 @@ func New(ctx context.Context, cfg Config) (*Orchestrator, error) {
 	if _, ok := cfg.Runtimes[cfg.Default]; !ok {
 		return nil, fmt.Errorf("orchestrator: default runtime %q is not configured", cfg.Default)
 	}
-	o := &Orchestrator{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*entry{}}
+	o := &Orchestrator{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*entry{}, envdHTTP: newEnvdHTTP()}
 	o.pool = &warmPool{o: o, queues: map[poolKey]*warmQueue{}}
 	for _, d := range []string{o.recordDir(), o.sandboxRoot(), o.snapshotRoot()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -330,7 +333,7 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 		}
 	}()
 	addr := slot.Addr.Addr().String()
-	ec := newEnvdClient(addr, p.AccessToken)
+	ec := o.envd(addr, p.AccessToken)
 	seed := make([]byte, 64)
 	_, _ = rand.Read(seed)
 	if err := ec.initWhenUp(ctx, o.cfg.EnvdTimeout, inst.Done(), initRequest{
@@ -340,7 +343,7 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 		Hostname:    p.Hostname,
 		Seed:        seed,
 	}); err != nil {
-		return Sandbox{}, fmt.Errorf("init envd: %w; console: %s", err, TailFile(inst.ConsoleLog(), 20))
+		return Sandbox{}, fmt.Errorf("init envd: %w; console: %s", err, runtime.TailLog(inst.ConsoleLog(), 20))
 	}
 	sp.mark("envd_init")
 	e.inst = inst
@@ -385,7 +388,7 @@ func (o *Orchestrator) watch(id string, e *entry, inst runtime.Instance) {
 		return // paused or killed on purpose
 	}
 	e.sb.State = StateDead
-	e.sb.Detail = "the sandbox's " + e.sb.Runtime + " process exited; console tail:\n" + TailFile(e.sb.Console, 20)
+	e.sb.Detail = "the sandbox's " + e.sb.Runtime + " process exited; console tail:\n" + runtime.TailLog(e.sb.Console, 20)
 	o.log.Warn("sandbox died", "id", id, "detail", e.sb.Detail)
 	e.inst = nil
 	if e.sb.Slot != nil {

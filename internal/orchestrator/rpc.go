@@ -39,12 +39,6 @@ func NewHandler(o *Orchestrator, token string) (string, http.Handler, error) {
 	return path, h, nil
 }
 
-// NewClient returns a node RPC client that authenticates with token.
-func NewClient(httpClient connect.HTTPClient, baseURL, token string) orchestratorv1connect.OrchestratorServiceClient {
-	return orchestratorv1connect.NewOrchestratorServiceClient(httpClient, baseURL,
-		connect.WithInterceptors(nodeauth.Client(token)))
-}
-
 func toProto(sb Sandbox) *orchv1.Sandbox {
 	st := orchv1.State_STATE_UNSPECIFIED
 	switch sb.State {
@@ -98,16 +92,37 @@ func egressFrom(e *orchv1.Egress) network.Egress {
 	return network.Egress{Disabled: e.Disabled, AllowOut: e.AllowOut, DenyOut: e.DenyOut}
 }
 
-func (s *Service) Create(ctx context.Context, req *connect.Request[orchv1.CreateRequest]) (*connect.Response[orchv1.CreateResponse], error) {
-	m := req.Msg
-	if m.Template == nil || m.Template.Dir == "" {
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("template dir is required"))
+// startRequest is what CreateRequest and ResumeRequest have in common.
+type startRequest interface {
+	GetSandboxId() string
+	GetTemplate() *orchv1.TemplateRef
+	GetRuntime() string
+	GetVcpus() uint32
+	GetMemoryMb() uint32
+	GetEnvVars() map[string]string
+	GetEnvdAccessToken() string
+	GetEgress() *orchv1.Egress
+	GetHostname() string
+}
+
+func startParams(m startRequest) (CreateParams, error) {
+	t := m.GetTemplate()
+	if t.GetDir() == "" {
+		return CreateParams{}, connect.NewError(connect.CodeInvalidArgument, errors.New("template dir is required"))
 	}
-	sb, err := s.o.Create(ctx, CreateParams{
-		ID: m.SandboxId, TemplateDir: m.Template.Dir, TemplateID: m.Template.TemplateId, BuildID: m.Template.BuildId,
-		Runtime: m.Runtime, VCPUs: int(m.Vcpus), MemoryMB: int(m.MemoryMb), EnvVars: m.EnvVars,
-		AccessToken: m.EnvdAccessToken, Egress: egressFrom(m.Egress), Hostname: m.Hostname,
-	})
+	return CreateParams{
+		ID: m.GetSandboxId(), TemplateDir: t.GetDir(), TemplateID: t.GetTemplateId(), BuildID: t.GetBuildId(),
+		Runtime: m.GetRuntime(), VCPUs: int(m.GetVcpus()), MemoryMB: int(m.GetMemoryMb()), EnvVars: m.GetEnvVars(),
+		AccessToken: m.GetEnvdAccessToken(), Egress: egressFrom(m.GetEgress()), Hostname: m.GetHostname(),
+	}, nil
+}
+
+func (s *Service) Create(ctx context.Context, req *connect.Request[orchv1.CreateRequest]) (*connect.Response[orchv1.CreateResponse], error) {
+	p, err := startParams(req.Msg)
+	if err != nil {
+		return nil, err
+	}
+	sb, err := s.o.Create(ctx, p)
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -140,15 +155,12 @@ func (s *Service) Pause(ctx context.Context, req *connect.Request[orchv1.PauseRe
 }
 
 func (s *Service) Resume(ctx context.Context, req *connect.Request[orchv1.ResumeRequest]) (*connect.Response[orchv1.ResumeResponse], error) {
-	m := req.Msg
-	if m.Template == nil || m.Template.Dir == "" {
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("template dir is required"))
+	p, err := startParams(req.Msg)
+	if err != nil {
+		return nil, err
 	}
-	sb, err := s.o.Resume(ctx, CreateParams{
-		ID: m.SandboxId, TemplateDir: m.Template.Dir, TemplateID: m.Template.TemplateId, BuildID: m.Template.BuildId,
-		Runtime: m.Runtime, VCPUs: int(m.Vcpus), MemoryMB: int(m.MemoryMb), EnvVars: m.EnvVars,
-		AccessToken: m.EnvdAccessToken, Egress: egressFrom(m.Egress), Hostname: m.Hostname, Snapshot: m.Snapshot,
-	})
+	p.Snapshot = req.Msg.GetSnapshot()
+	sb, err := s.o.Resume(ctx, p)
 	if err != nil {
 		return nil, rpcError(err)
 	}
