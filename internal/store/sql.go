@@ -44,27 +44,23 @@ func placeholders(n int) string {
 
 func (s *sqlStore) Close() error { return s.db.Close() }
 
+type execer interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}
+
 // execOne runs a write that must affect a row, returning ErrNotFound if none.
 func (s *sqlStore) execOne(ctx context.Context, query string, args ...any) error {
-	res, err := s.db.ExecContext(ctx, s.q(query), args...)
-	if err != nil {
-		return err
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return err
-	}
-	if n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return execAffecting(ctx, s.db, ErrNotFound, s.q(query), args...)
 }
 
 // insertNew runs an INSERT ... ON CONFLICT DO NOTHING, returning ErrConflict
 // if a unique key was taken.
-func insertNew(ctx context.Context, ex interface {
-	ExecContext(context.Context, string, ...any) (sql.Result, error)
-}, query string, args ...any) error {
+func insertNew(ctx context.Context, ex execer, query string, args ...any) error {
+	return execAffecting(ctx, ex, ErrConflict, query, args...)
+}
+
+// execAffecting runs a write and returns none when it affected no row.
+func execAffecting(ctx context.Context, ex execer, none error, query string, args ...any) error {
 	res, err := ex.ExecContext(ctx, query, args...)
 	if err != nil {
 		return err
@@ -74,7 +70,7 @@ func insertNew(ctx context.Context, ex interface {
 		return err
 	}
 	if n == 0 {
-		return ErrConflict
+		return none
 	}
 	return nil
 }
