@@ -32,7 +32,15 @@ func consoleTail(path string) string {
 	lines := strings.Split(TailLog(path, 300), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
 		if strings.Contains(lines[i], "Kernel panic") {
-			return strings.Join(lines[max(0, i-15):i+1], "\n")
+			tail := lines[max(0, i-15) : i+1]
+			// A user-space line (no printk timestamp) can reach the
+			// serial console after the panic's first line: keep it.
+			for _, l := range lines[i+1:] {
+				if l != "" && !strings.HasPrefix(l, "[") {
+					tail = append(tail, l)
+				}
+			}
+			return strings.Join(tail, "\n")
 		}
 	}
 	return strings.Join(lines[max(0, len(lines)-20):], "\n")
