@@ -176,6 +176,11 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 				tmplRuntimes = append(tmplRuntimes, name)
 			}
 		}
+		// A snapshot this build's drivers can no longer restore (saved by an
+		// older Cocoon) is saved again now; current ones are left alone.
+		if err := snapshotTemplate(ctx, n, tmpl, tmplRuntimes, func(msg string) { log.Info("base template: " + msg) }); err != nil {
+			return err
+		}
 		if !hasSnapshot(tmpl, n.def) {
 			return fmt.Errorf("the base template has no %s snapshot: run `cocoon template build base --data-dir %s`", n.def, dataDir)
 		}

@@ -1,6 +1,8 @@
 package gvisor
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -155,6 +157,15 @@ func newSpec(p bundleParams) ociSpec {
 		s.Linux.Resources = &res
 	}
 	return s
+}
+
+// bundleFingerprint hashes the part of the bundle that runsc checks at
+// restore against the checkpoint (the process: capabilities, args, env), so
+// that a snapshot taken before a change to it is known to be stale.
+func bundleFingerprint() string {
+	b, _ := json.Marshal(newSpec(bundleParams{}).Process)
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:8])
 }
 
 // writeBundle writes dir/config.json.

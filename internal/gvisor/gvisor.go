@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -59,6 +60,8 @@ type Config struct {
 	ReapplyAddr func(ctx context.Context, slot *network.Slot) error
 	// DebugLog makes runsc write debug logs to <Spec.Dir>/debug/.
 	DebugLog bool
+	// Logger gets the driver's warnings; nil discards them.
+	Logger *slog.Logger
 }
 
 // Driver is the gVisor implementation of runtime.Runtime.
@@ -94,6 +97,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	if cfg.ReapplyAddr == nil {
 		cfg.ReapplyAddr = ReapplyAddr
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Driver{cfg: cfg}, nil
 }
@@ -157,7 +163,9 @@ func checkpointDir(dir string) string { return filepath.Join(dir, "checkpoint") 
 // start launches a container from the bundle in dir, either fresh (image ==
 // "") or from a checkpoint image, detached, with its stdout and stderr (and
 // runsc's own errors) appended to dir/console.log.
-func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network.Slot) error {
+// The container's processes (runsc's sandbox and gofer) start at niceness
+// nice.
+func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network.Slot, nice int) error {
 	if err := d.cfg.ReapplyAddr(ctx, slot); err != nil {
 		return fmt.Errorf("reapply slot address: %w", err)
 	}
@@ -183,7 +191,11 @@ func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network
 	// files: a pipe would keep Wait blocked for the sandbox's lifetime.
 	cmd := exec.CommandContext(ctx, d.cfg.Runsc, args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Run(); err != nil {
+	err = runtime.StartNiced(cmd, nice)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	if err != nil {
 		tail, _ := os.ReadFile(logPath)
 		return fmt.Errorf("runsc %s: %w: %s", args[len(d.globalArgs(debugDir))], err, lastLines(tail, 5))
 	}
@@ -271,7 +283,7 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 	if err != nil {
 		return fmt.Errorf("gvisor: %w", err)
 	}
-	if err := d.start(ctx, id, dir, "", slot); err != nil {
+	if err := d.start(ctx, id, dir, "", slot, 0); err != nil {
 		return fmt.Errorf("gvisor: start template: %w", err)
 	}
 	defer d.remove(context.WithoutCancel(ctx), id)
@@ -321,12 +333,15 @@ type snapshotMeta struct {
 	Version  string `json:"runscVersion"`
 	Platform string `json:"platform"`
 	Overlay  string `json:"overlay"`
+	// Process is bundleFingerprint at checkpoint time: runsc refuses a
+	// restore whose process (capabilities, args, env) differs.
+	Process string `json:"process"`
 }
 
 const metaFile = "gvisor.json"
 
 func writeMeta(dir string, d *Driver) error {
-	b, _ := json.Marshal(snapshotMeta{Version: Version, Platform: d.cfg.Platform, Overlay: d.cfg.Overlay})
+	b, _ := json.Marshal(snapshotMeta{Version: Version, Platform: d.cfg.Platform, Overlay: d.cfg.Overlay, Process: bundleFingerprint()})
 	if err := os.WriteFile(filepath.Join(dir, metaFile), b, 0o644); err != nil {
 		return fmt.Errorf("write snapshot metadata: %w", err)
 	}
@@ -346,12 +361,32 @@ func (d *Driver) checkMeta(dir string) error {
 		return fmt.Errorf("snapshot saved with platform %s overlay %s, driver uses %s %s",
 			m.Platform, m.Overlay, d.cfg.Platform, d.cfg.Overlay)
 	}
+	if m.Process != bundleFingerprint() {
+		return errors.New("snapshot saved with another sandbox process spec (capabilities, args or env); rebuild the template's snapshot")
+	}
+	return nil
+}
+
+// SnapshotCurrent implements runtime.SnapshotChecker: a template snapshot
+// saved by another platform, overlay or process spec cannot be restored.
+func (d *Driver) SnapshotCurrent(t *runtime.Template) error {
+	if err := d.checkMeta(snapshotDir(t)); err != nil {
+		return fmt.Errorf("gvisor: %w", err)
+	}
 	return nil
 }
 
 // Restore implements runtime.Runtime: it restores the template's snapshot,
 // or a paused sandbox, into spec.Slot and returns once runsc has restored it.
 func (d *Driver) Restore(ctx context.Context, src runtime.Source, spec runtime.Spec) (runtime.Instance, error) {
+	inst, err := d.restore(ctx, src, spec, 0)
+	if err != nil {
+		return nil, err
+	}
+	return inst, nil
+}
+
+func (d *Driver) restore(ctx context.Context, src runtime.Source, spec runtime.Spec, nice int) (*instance, error) {
 	if src.Template == nil || src.Template.RootfsDir == "" {
 		return nil, errors.New("gvisor: restore needs a template with RootfsDir")
 	}
@@ -373,7 +408,7 @@ func (d *Driver) Restore(ctx context.Context, src runtime.Source, spec runtime.S
 		cgroup: d.cgroupPath(spec.ID), vcpus: spec.VCPUs, memoryMB: spec.MemoryMB,
 	})
 	if err == nil {
-		err = d.start(ctx, spec.ID, spec.Dir, checkpointDir(from), spec.Slot)
+		err = d.start(ctx, spec.ID, spec.Dir, checkpointDir(from), spec.Slot, nice)
 	}
 	var inst *instance
 	if err == nil {

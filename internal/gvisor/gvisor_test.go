@@ -523,3 +523,31 @@ func TestAdoptListCleanup(t *testing.T) {
 		t.Errorf("second Cleanup: %v", err)
 	}
 }
+
+func TestSnapshotMetaCatchesStaleProcessSpec(t *testing.T) {
+	d := &Driver{cfg: Config{Platform: "systrap", Overlay: DefaultOverlay}}
+	dir := t.TempDir()
+	if err := writeMeta(dir, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.checkMeta(dir); err != nil {
+		t.Fatalf("fresh snapshot: %v", err)
+	}
+	// A checkpoint saved before the process spec changed (here: before
+	// the fingerprint existed) must be reported stale, not restored.
+	old := `{"runscVersion":"x","platform":"systrap","overlay":"` + DefaultOverlay + `"}`
+	if err := os.WriteFile(filepath.Join(dir, metaFile), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := d.checkMeta(dir)
+	if err == nil || !strings.Contains(err.Error(), "process spec") {
+		t.Fatalf("got %v, want a stale process spec error", err)
+	}
+	other := &Driver{cfg: Config{Platform: "ptrace", Overlay: DefaultOverlay}}
+	if err := writeMeta(dir, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.checkMeta(dir); err == nil {
+		t.Fatal("a snapshot of another platform passed")
+	}
+}

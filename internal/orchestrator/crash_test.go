@@ -99,6 +99,24 @@ func (e *env) startOrchestrator(tb testing.TB, d, rt string) *orchProc {
 	}
 }
 
+// waitWarm waits until the orchestrator's warm pool has a sandbox ready.
+func (p *orchProc) waitWarm(tb testing.TB) {
+	tb.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		n, err := p.client.Node(ctx, connect.NewRequest(&orchv1.NodeRequest{}))
+		cancel()
+		if err == nil && n.Msg.Warm > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("the warm pool stayed empty (last error %v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // kill signals the process and waits for it to exit.
 func (p *orchProc) kill(sig syscall.Signal) {
 	select {
@@ -145,10 +163,12 @@ func TestCrashRecovery(t *testing.T) {
 			}
 		}
 
-		// 1. Two sandboxes through the RPC.
+		// 1. Two sandboxes through the RPC, each taken from the warm pool
+		// (which the orchestrator fills at start).
 		p := e.startOrchestrator(t, d, rt)
 		var sbs []*orchv1.Sandbox
 		for range 2 {
+			p.waitWarm(t)
 			resp, err := p.client.Create(ctx, connect.NewRequest(&orchv1.CreateRequest{
 				SandboxId: newID("oc"), Runtime: rt, EnvdAccessToken: testToken,
 				Template: &orchv1.TemplateRef{Dir: e.tmpl.Dir, TemplateId: "base", BuildId: e.tmpl.ID},
@@ -195,7 +215,15 @@ func TestCrashRecovery(t *testing.T) {
 		if err := json.Unmarshal(b, &record); err != nil || record.Slot == nil {
 			t.Fatalf("record of %s: %v (slot %v)", unowned.SandboxId, err, record.Slot)
 		}
-		unownedDir := filepath.Join(d, "sandboxes", unowned.SandboxId)
+		if rt == gvisor.Name && record.RuntimeID == "" {
+			t.Errorf("record of %s has no runtimeID: the sandbox did not come from the warm pool", unowned.SandboxId)
+		}
+		// A pooled gVisor container keeps the name it was restored under.
+		name := unowned.SandboxId
+		if record.RuntimeID != "" {
+			name = record.RuntimeID
+		}
+		unownedDir := filepath.Join(d, "sandboxes", name)
 		if procs := runtimeProcs(unownedDir); len(procs) == 0 {
 			t.Fatalf("no runtime process of %s before the restart", unowned.SandboxId)
 		}

@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -76,8 +77,15 @@ type Config struct {
 	Reason string
 	// EnvdTimeout bounds the wait for envd after a restore (default 30 s).
 	EnvdTimeout time.Duration
-	// WarmMin and WarmMax bound the warm pool of prespawned runtime
-	// processes per template (runtimes that can prespawn: QEMU); defaults
+	// MaxStarting bounds the sandboxes restored at once outside the warm
+	// pool (creates that find it empty, resumes); further ones queue, or
+	// take a pool entry that becomes ready meanwhile. Restores are CPU-bound:
+	// many at once on few cores thrash (under TCG a guest's vCPU spinning
+	// for a descheduled one) and all finish late. Default: the host's CPU
+	// count.
+	MaxStarting int
+	// WarmMin and WarmMax bound the warm pool of prespawned sandboxes per
+	// template (runtimes that can prespawn: QEMU, gVisor); defaults
 	// 1 and 4, WarmMax < 0 disables the pool. See pool.go.
 	WarmMin, WarmMax int
 }
@@ -120,6 +128,19 @@ type Sandbox struct {
 	Egress      network.Egress `json:"egress"`
 	AccessToken string         `json:"accessToken,omitempty"`
 	Console     string         `json:"console,omitempty"`
+	// RuntimeID is the runtime's name for the sandbox (its container, and
+	// its directory under sandboxes/) when that is not ID: a sandbox taken
+	// from the warm pool keeps the name it was started under, since runsc
+	// cannot rename a container.
+	RuntimeID string `json:"runtimeID,omitempty"`
+}
+
+// runtimeName is the name the runtime knows the sandbox by.
+func (sb *Sandbox) runtimeName() string {
+	if sb.RuntimeID != "" {
+		return sb.RuntimeID
+	}
+	return sb.ID
 }
 
 // entry is a sandbox plus what only the running process has.
@@ -141,6 +162,7 @@ type Orchestrator struct {
 
 	refilling atomic.Bool // a network slot refill is running
 	pool      *warmPool
+	starting  chan struct{} // a token per restore in flight (MaxStarting)
 }
 
 // New starts an orchestrator: it re-adopts the sandboxes recorded under
@@ -158,7 +180,11 @@ func New(ctx context.Context, cfg Config) (*Orchestrator, error) {
 	if _, ok := cfg.Runtimes[cfg.Default]; !ok {
 		return nil, fmt.Errorf("orchestrator: default runtime %q is not configured", cfg.Default)
 	}
-	o := &Orchestrator{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*entry{}, envdHTTP: newEnvdHTTP()}
+	if cfg.MaxStarting <= 0 {
+		cfg.MaxStarting = goruntime.NumCPU()
+	}
+	o := &Orchestrator{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*entry{}, envdHTTP: newEnvdHTTP(),
+		starting: make(chan struct{}, cfg.MaxStarting)}
 	o.pool = &warmPool{o: o, queues: map[poolKey]*warmQueue{}}
 	for _, d := range []string{o.recordDir(), o.sandboxRoot(), o.snapshotRoot()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -268,10 +294,22 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 
 	// A create of the template's own shape takes a prespawned process
 	// (and the slot it is bound to) from the warm pool when there is one.
+	// Otherwise it restores the usual way once one of MaxStarting tokens
+	// is free, unless a pool entry gets ready first.
 	var warm *warmEntry
-	if p.Snapshot == "" && (p.VCPUs == 0 || p.VCPUs == tmpl.VCPUs) && (p.MemoryMB == 0 || p.MemoryMB == tmpl.MemoryMB) {
+	pooled := p.Snapshot == "" && (p.VCPUs == 0 || p.VCPUs == tmpl.VCPUs) && (p.MemoryMB == 0 || p.MemoryMB == tmpl.MemoryMB)
+	if pooled {
 		warm = o.pool.take(rtName, rt, tmpl, p.TemplateDir)
 	}
+	if warm == nil {
+		if warm, err = o.pool.waitOrStart(ctx, pooled, rtName, p.TemplateDir, o.starting); err != nil {
+			return Sandbox{}, fmt.Errorf("wait for a restore to finish: %w", err)
+		}
+		if warm == nil {
+			defer func() { <-o.starting }()
+		}
+	}
+	sp.mark("queue")
 	var slot *network.Slot
 	if warm != nil {
 		slot = warm.slot
@@ -364,6 +402,9 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 		AccessToken: p.AccessToken,
 		Console:     inst.ConsoleLog(),
 	}
+	if n, ok := inst.(runtime.Named); ok && n.RuntimeID() != p.ID {
+		e.sb.RuntimeID = n.RuntimeID()
+	}
 	if err := o.writeRecord(&e.sb); err != nil {
 		return Sandbox{}, err
 	}
@@ -397,7 +438,7 @@ func (o *Orchestrator) watch(id string, e *entry, inst runtime.Instance) {
 		}
 		e.sb.Slot = nil
 	}
-	_ = os.RemoveAll(filepath.Join(o.sandboxRoot(), id))
+	_ = os.RemoveAll(filepath.Join(o.sandboxRoot(), e.sb.runtimeName()))
 	_ = os.Remove(o.recordPath(id))
 }
 

@@ -14,15 +14,19 @@ import (
 	"github.com/cocoon-run/cocoon/internal/template/base"
 )
 
-// Warm pool: runtimes that can prespawn (QEMU) get a few processes per
-// template snapshot started ahead of creates, each bound to a network slot
-// of its own (a microvm's virtio-mmio NIC cannot be hot-added after a
-// restore, and QEMU needs the TAP when it starts, so the slot is part of
-// the pool entry). A create then only loads the template's state.
+// Warm pool: runtimes that can prespawn (QEMU, gVisor) get a few sandboxes
+// per template snapshot restored ahead of creates, each bound to a network
+// slot of its own (a microvm's virtio-mmio NIC cannot be hot-added after a
+// restore, QEMU needs the TAP when it starts, and gVisor takes the slot's
+// address into its own stack at restore, so the slot is part of the pool
+// entry). A create then only claims one and sends its /init.
 //
-// Pooled processes live in <data>/pool/<entry>/ until claimed; reconcile
-// kills every process whose working directory is there and removes the
-// directory, so a crash leaks nothing, and Close discards them.
+// Pooled sandboxes live in <data>/sandboxes/w<hex>/ until claimed and run
+// at runtime.PoolNice; reconcile after a crash finds them there like any
+// sandbox no record names (by command line, working directory or runsc
+// container) and removes them, so a crash leaks nothing, and Close
+// discards them. <data>/pool/ is where earlier versions kept them; it is
+// still cleaned at start.
 //
 // Size: between Config.WarmMin and Config.WarmMax per template, following
 // the create rate: the target is the number of creates of that template in
@@ -45,6 +49,7 @@ type warmEntry struct {
 
 type warmQueue struct {
 	ready    []*warmEntry
+	added    chan struct{} // closed (and replaced) when an entry is queued
 	spawning int
 	creates  []time.Time
 	tmpl     *runtime.Template
@@ -96,18 +101,56 @@ func (w *warmPool) take(rtName string, rt runtime.Runtime, tmpl *runtime.Templat
 	q.tmpl = tmpl
 	now := time.Now()
 	q.creates = append(q.creates, now)
-	var got *warmEntry
-	for len(q.ready) > 0 && got == nil {
+	got := q.popLocked()
+	w.fillLocked(k, q)
+	return got
+}
+
+// popLocked returns the first live ready entry, or nil.
+func (q *warmQueue) popLocked() *warmEntry {
+	for len(q.ready) > 0 {
 		e := q.ready[0]
 		q.ready = q.ready[1:]
 		select {
 		case <-e.p.Done(): // died while waiting: the watcher frees it
 		default:
-			got = e
+			return e
 		}
 	}
-	w.fillLocked(k, q)
-	return got
+	return nil
+}
+
+// waitOrStart waits until a token can be put into starting (it returns
+// nil: the caller restores the usual way and takes the token out when
+// done) or, when pooled, until an entry of the pool of (rtName,
+// templateDir) is ready (it returns the entry).
+func (w *warmPool) waitOrStart(ctx context.Context, pooled bool, rtName, templateDir string, starting chan struct{}) (*warmEntry, error) {
+	for {
+		var added chan struct{}
+		if pooled {
+			w.mu.Lock()
+			if q := w.queues[poolKey{rtName, templateDir}]; q != nil && !w.closed {
+				if e := q.popLocked(); e != nil {
+					w.mu.Unlock()
+					return e, nil
+				}
+				if q.spawning > 0 {
+					if q.added == nil {
+						q.added = make(chan struct{})
+					}
+					added = q.added
+				}
+			}
+			w.mu.Unlock()
+		}
+		select {
+		case starting <- struct{}{}:
+			return nil, nil
+		case <-added: // nil when nothing is on its way: blocks forever
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // warm starts filling the pool of a template without a create.
@@ -160,7 +203,10 @@ func (w *warmPool) spawn(k poolKey, q *warmQueue, rt runtime.Prespawner, tmpl *r
 			return nil, err
 		}
 		o.refillSlots()
-		p, err := rt.Prespawn(ctx, tmpl, slot, filepath.Join(o.poolRoot(), newPoolID()))
+		// Under sandboxes/, like the sandbox it becomes: a gVisor entry
+		// keeps its directory when claimed. After a crash reconcile removes
+		// unclaimed entries with the other leftovers there.
+		p, err := rt.Prespawn(ctx, tmpl, slot, filepath.Join(o.sandboxRoot(), newPoolID()))
 		if err != nil {
 			o.releaseSlot(slot)
 			return nil, err
@@ -180,6 +226,10 @@ func (w *warmPool) spawn(k poolKey, q *warmQueue, rt runtime.Prespawner, tmpl *r
 		return
 	}
 	q.ready = append(q.ready, e)
+	if q.added != nil {
+		close(q.added)
+		q.added = nil
+	}
 	w.fillLocked(k, q)
 	w.mu.Unlock()
 	go w.watch(k, e)

@@ -50,6 +50,7 @@ func (f *fakeSlots) used() int {
 type fakeRuntime struct {
 	mu    sync.Mutex
 	procs []*fakeProc
+	gate  chan struct{} // when set, each Prespawn waits for a value
 }
 
 type fakeProc struct {
@@ -78,6 +79,9 @@ func (r *fakeRuntime) Adopt(context.Context, runtime.Spec) (runtime.Instance, er
 	return nil, nil
 }
 func (r *fakeRuntime) Prespawn(context.Context, *runtime.Template, *network.Slot, string) (runtime.Prespawned, error) {
+	if r.gate != nil {
+		<-r.gate
+	}
 	p := &fakeProc{done: make(chan struct{})}
 	r.mu.Lock()
 	r.procs = append(r.procs, p)
@@ -171,5 +175,61 @@ func TestWarmPoolDisabled(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	if o.WarmSize() != 0 || slots.used() != 0 {
 		t.Fatalf("disabled pool spawned: %d pooled, %d slots", o.WarmSize(), slots.used())
+	}
+}
+
+func TestWaitOrStart(t *testing.T) {
+	o, _, rt := newPoolTest(t, 1, 2)
+	rt.gate = make(chan struct{})
+	defer o.Close()
+	defer close(rt.gate)
+	tmpl := &runtime.Template{}
+	starting := make(chan struct{}, 1)
+	ctx := context.Background()
+
+	// A free token: restore the usual way at once.
+	if e := o.pool.take("fake", rt, tmpl, "/t"); e != nil {
+		t.Fatal("empty pool handed out an entry")
+	}
+	e, err := o.pool.waitOrStart(ctx, true, "fake", "/t", starting)
+	if e != nil || err != nil || len(starting) != 1 {
+		t.Fatalf("got %v, %v with %d tokens taken, want a token", e, err, len(starting))
+	}
+
+	// No token free: a pooled create takes the entry whose spawn finishes.
+	got := make(chan *warmEntry)
+	go func() {
+		e, err := o.pool.waitOrStart(ctx, true, "fake", "/t", starting)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- e
+	}()
+	select {
+	case e := <-got:
+		t.Fatalf("returned %v before a token or an entry was free", e)
+	case <-time.After(50 * time.Millisecond):
+	}
+	rt.gate <- struct{}{}
+	select {
+	case e := <-got:
+		if e == nil {
+			t.Fatal("got a token, want the pool entry")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting create did not get the new pool entry")
+	}
+
+	// Not poolable (a resume, another shape): only a token will do; the
+	// wait ends with its context.
+	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if e, err := o.pool.waitOrStart(cctx, false, "fake", "/t", starting); e != nil || err == nil {
+		t.Fatalf("got %v, %v, want the context's error", e, err)
+	}
+	// A token given back is taken by the next waiter.
+	<-starting
+	if e, err := o.pool.waitOrStart(ctx, false, "fake", "/t", starting); e != nil || err != nil {
+		t.Fatalf("got %v, %v, want the freed token", e, err)
 	}
 }

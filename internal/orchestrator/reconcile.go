@@ -36,12 +36,16 @@ func (o *Orchestrator) reconcile(ctx context.Context) error {
 			_ = os.Remove(filepath.Join(o.recordDir(), name))
 		}
 	}
-	keep := func(id string) bool {
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		_, ok := o.sandboxes[id]
-		return ok
+	// Runtimes name a sandbox by its ID, or by its RuntimeID when it came
+	// from the warm pool.
+	owned := map[string]bool{}
+	o.mu.Lock()
+	for id, e := range o.sandboxes {
+		owned[id] = true
+		owned[e.sb.runtimeName()] = true
 	}
+	o.mu.Unlock()
+	keep := func(name string) bool { return owned[name] }
 	var errs []error
 	for name, rt := range o.cfg.Runtimes {
 		switch rc := rt.(type) {
@@ -101,8 +105,8 @@ func (o *Orchestrator) adopt(ctx context.Context, id string) error {
 		return err
 	}
 	inst, err := rt.Adopt(ctx, runtime.Spec{
-		ID:       sb.ID,
-		Dir:      filepath.Join(o.sandboxRoot(), sb.ID),
+		ID:       sb.runtimeName(),
+		Dir:      filepath.Join(o.sandboxRoot(), sb.runtimeName()),
 		VCPUs:    sb.VCPUs,
 		MemoryMB: sb.MemoryMB,
 		Slot:     sb.Slot,

@@ -259,7 +259,7 @@ func (s *Service) Node(ctx context.Context, _ *connect.Request[orchv1.NodeReques
 	}
 	return connect.NewResponse(&orchv1.NodeResponse{
 		NodeId: s.o.NodeID(), Runtimes: s.o.Runtimes(), DefaultRuntime: s.o.DefaultRuntime(),
-		Sandboxes: uint32(n), Accel: s.o.cfg.Accel, Reason: s.o.cfg.Reason,
+		Sandboxes: uint32(n), Warm: uint32(s.o.WarmSize()), Accel: s.o.cfg.Accel, Reason: s.o.cfg.Reason,
 	}), nil
 }
 

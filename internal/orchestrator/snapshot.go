@@ -36,8 +36,20 @@ func SnapshotTemplate(ctx context.Context, slots Slots, runtimes map[string]runt
 			return fmt.Errorf("runtime %q is not available on this node", name)
 		}
 		if HasSnapshot(t, name) {
-			progress(fmt.Sprintf("snapshot %s: cached", name))
-			continue
+			sc, ok := rt.(runtime.SnapshotChecker)
+			if !ok {
+				progress(fmt.Sprintf("snapshot %s: cached", name))
+				continue
+			}
+			err := sc.SnapshotCurrent(t)
+			if err == nil {
+				progress(fmt.Sprintf("snapshot %s: cached", name))
+				continue
+			}
+			progress(fmt.Sprintf("snapshot %s: stale (%v); saving it again", name, err))
+			if err := os.Remove(SnapshotReady(t, name)); err != nil {
+				return fmt.Errorf("snapshot %s: remove stale marker: %w", name, err)
+			}
 		}
 		if err := os.RemoveAll(filepath.Join(t.Dir, name)); err != nil {
 			return fmt.Errorf("clear stale %s snapshot: %w", name, err)

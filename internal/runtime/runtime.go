@@ -116,3 +116,11 @@ type Instance interface {
 type Reconciler interface {
 	Reconcile(ctx context.Context, keep func(sandboxID string) bool) error
 }
+
+// SnapshotChecker is implemented by drivers whose template snapshots can go
+// stale when the driver changes (gVisor: runsc restores only with the
+// platform and process spec it checkpointed with). SnapshotCurrent returns
+// why t's snapshot cannot be restored, or nil.
+type SnapshotChecker interface {
+	SnapshotCurrent(t *Template) error
+}

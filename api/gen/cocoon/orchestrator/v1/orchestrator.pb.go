@@ -1259,8 +1259,10 @@ type NodeResponse struct {
 	Accel          string                 `protobuf:"bytes,4,opt,name=accel,proto3" json:"accel,omitempty"`
 	Reason         string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	Sandboxes      uint32                 `protobuf:"varint,6,opt,name=sandboxes,proto3" json:"sandboxes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Sandboxes restored ahead of creates, waiting in the warm pool.
+	Warm          uint32 `protobuf:"varint,7,opt,name=warm,proto3" json:"warm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeResponse) Reset() {
@@ -1331,6 +1333,13 @@ func (x *NodeResponse) GetReason() string {
 func (x *NodeResponse) GetSandboxes() uint32 {
 	if x != nil {
 		return x.Sandboxes
+	}
+	return 0
+}
+
+func (x *NodeResponse) GetWarm() uint32 {
+	if x != nil {
+		return x.Warm
 	}
 	return 0
 }
@@ -1790,14 +1799,15 @@ const file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\tdisk_used\x18\x06 \x01(\x04R\bdiskUsed\x12\x1d\n" +
 	"\n" +
 	"disk_total\x18\a \x01(\x04R\tdiskTotal\"\r\n" +
-	"\vNodeRequest\"\xb8\x01\n" +
+	"\vNodeRequest\"\xcc\x01\n" +
 	"\fNodeResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
 	"\bruntimes\x18\x02 \x03(\tR\bruntimes\x12'\n" +
 	"\x0fdefault_runtime\x18\x03 \x01(\tR\x0edefaultRuntime\x12\x14\n" +
 	"\x05accel\x18\x04 \x01(\tR\x05accel\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1c\n" +
-	"\tsandboxes\x18\x06 \x01(\rR\tsandboxes\"p\n" +
+	"\tsandboxes\x18\x06 \x01(\rR\tsandboxes\x12\x12\n" +
+	"\x04warm\x18\a \x01(\rR\x04warm\"p\n" +
 	"\bOCIImage\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
