@@ -7,17 +7,21 @@ BIN := bin
 DATA_DIR ?= /var/lib/cocoon
 GOFLAGS_STATIC := CGO_ENABLED=0
 
-.PHONY: all build envd cocoon setup run test test-go test-e2e generate vet bench clean
+.PHONY: all build envd cocoon test-registry setup run test test-go test-e2e generate vet bench clean
 
 all: build
 
-build: envd cocoon
+build: envd cocoon test-registry
 
 envd:
 	$(GOFLAGS_STATIC) go build -trimpath -ldflags='-s -w' -o $(BIN)/envd ./cmd/envd
 
 cocoon:
 	go build -trimpath -o $(BIN)/cocoon ./cmd/cocoon
+
+# test-registry serves an image of the base rootfs to the end-to-end tests (tests/registry).
+test-registry:
+	go build -trimpath -o $(BIN)/test-registry ./tests/registry
 
 # setup installs the host packages and tools Cocoon needs (idempotent).
 setup:

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,16 +38,19 @@ type Config struct {
 	ServerArgs []string
 
 	Creates           int // sequential creates
-	ConcurrentCreates int // creates spread over Concurrency clients
-	Concurrency       int
-	Execs             int
-	ComputeRuns       int
-	FileRuns          int // per size (1 MiB); the 100 MiB file runs FileRuns/4+1 times
-	PauseRuns         int
-	DensityBudgetMiB  int
-	DensityMax        int
-	ColdBoots         int
-	Floors            int // runc runs and fork+exec runs
+	ConcurrentCreates int // creates spread over Concurrency clients (when ConcurrentFor is 0)
+	// ConcurrentFor makes the Concurrency clients create for this long
+	// instead of ConcurrentCreates times.
+	ConcurrentFor    time.Duration
+	Concurrency      int
+	Execs            int
+	ComputeRuns      int
+	FileRuns         int // per size (1 MiB); the 100 MiB file runs FileRuns/4+1 times
+	PauseRuns        int
+	DensityBudgetMiB int
+	DensityMax       int
+	ColdBoots        int
+	Floors           int // runc runs and fork+exec runs
 
 	Log io.Writer
 }
@@ -210,20 +214,21 @@ func benchCreate(ctx context.Context, cfg *Config, rep *Report, t *target) error
 	rep.add(msResult("create.sequential", t.rt, t.accel, ready))
 	rep.add(msResult("create.sequential.api", t.rt, t.accel, api))
 
-	n := cfg.ConcurrentCreates
 	var mu sync.Mutex
 	var conc Samples
 	var firstErr error
-	work := make(chan struct{}, n)
-	for range n {
-		work <- struct{}{}
-	}
-	close(work)
-	var wg sync.WaitGroup
+	var issued atomic.Int64
 	start := time.Now()
+	next := func() bool {
+		if cfg.ConcurrentFor > 0 {
+			return time.Since(start) < cfg.ConcurrentFor
+		}
+		return issued.Add(1) <= int64(cfg.ConcurrentCreates)
+	}
+	var wg sync.WaitGroup
 	for range cfg.Concurrency {
 		wg.Go(func() {
-			for range work {
+			for next() {
 				t0 := time.Now()
 				sb, err := t.c.Create(ctx, cfg.Template, 300)
 				if err == nil {
@@ -248,7 +253,7 @@ func benchCreate(ctx context.Context, cfg *Config, rep *Report, t *target) error
 	r := msResult(fmt.Sprintf("create.concurrent%d", cfg.Concurrency), t.rt, t.accel, conc)
 	rep.add(r)
 	rep.add(scalar(fmt.Sprintf("create.concurrent%d.rate", cfg.Concurrency), t.rt, t.accel, "creates/s",
-		float64(len(conc))/wall.Seconds(), fmt.Sprintf("%d creates in %.2fs", len(conc), wall.Seconds())))
+		float64(len(conc))/wall.Seconds(), fmt.Sprintf("%d creates in %.2fs by %d clients", len(conc), wall.Seconds(), cfg.Concurrency)))
 	return firstErr
 }
 

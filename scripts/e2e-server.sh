@@ -36,6 +36,7 @@ export COCOON_PG_PORT="${COCOON_PG_PORT_E2E:-55433}"
 
 [[ -x "$bin" ]] || { echo "e2e-server: $bin is missing: run make build" >&2; exit 2; }
 [[ -x "$root/bin/envd" ]] || { echo "e2e-server: bin/envd is missing: run make build" >&2; exit 2; }
+[[ -x "$root/bin/test-registry" ]] || { echo "e2e-server: bin/test-registry is missing: run make build" >&2; exit 2; }
 [[ -d tests/e2e/node_modules/e2b ]] || (cd tests/e2e && npm ci --no-audit --no-fund) || exit 2
 mkdir -p "$base"
 
@@ -160,13 +161,16 @@ for combo in $matrix; do
 		cd tests/e2e && timeout 900 node --test --test-reporter=spec server.test.mjs
 	) 2>&1 | tee "$d/test.log"
 	rc=${PIPESTATUS[0]}
-	# Custom templates (the SDK's Template builder) once, on the default runtime.
+	# Custom templates (the SDK's Template builder, an image from the
+	# in-test registry bin/test-registry, a Dockerfile through the CLI)
+	# once, on the default runtime.
 	if [[ "$rt" == gvisor && "$db" == sqlite && "$rc" == 0 && "$subset" == full ]]; then
 		log "running tests/e2e/template.test.mjs ($rt, $db)"
 		(
 			unset E2B_DOMAIN E2B_DEBUG
 			# shellcheck disable=SC1091
 			source "$d/sdk.env"
+			export COCOON_E2E_DATA_DIR="$d" COCOON_BIN="$bin"
 			cd tests/e2e && timeout 900 node --test --test-reporter=spec template.test.mjs
 		) 2>&1 | tee -a "$d/test.log"
 		rc=${PIPESTATUS[0]}

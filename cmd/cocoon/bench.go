@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -71,7 +72,8 @@ See bench/README.md for the method.`,
 	f.StringSliceVar(&cfg.ServerArgs, "server-args", nil, "extra flags for the started servers (e.g. --debug, to log where each create spends its time)")
 	f.StringVar(&cfg.Template, "template", "base", "template to create sandboxes from")
 	f.IntVar(&cfg.Creates, "creates", 30, "sequential creates")
-	f.IntVar(&cfg.ConcurrentCreates, "concurrent-creates", 40, "creates spread over --concurrency clients")
+	f.IntVar(&cfg.ConcurrentCreates, "concurrent-creates", 40, "creates spread over --concurrency clients, with --concurrent-for 0")
+	f.DurationVar(&cfg.ConcurrentFor, "concurrent-for", 30*time.Second, "how long the --concurrency clients keep creating (0: --concurrent-creates creates)")
 	f.IntVar(&cfg.Concurrency, "concurrency", 8, "concurrent clients for the create rate")
 	f.IntVar(&cfg.Execs, "execs", 50, "process.Start round trips of true")
 	f.IntVar(&cfg.ComputeRuns, "compute-runs", 5, "runs of the Python loop (sandbox and host)")

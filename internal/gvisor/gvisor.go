@@ -294,9 +294,17 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 	}
 
 	if t.BeforeSnapshot != nil {
-		if err := t.BeforeSnapshot(ctx, &http.Client{}, "http://"+net.JoinHostPort(slot.Addr.Addr().String(), "49983")); err != nil {
+		hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		if err := t.BeforeSnapshot(ctx, hc, "http://"+net.JoinHostPort(slot.Addr.Addr().String(), "49983")); err != nil {
 			return fmt.Errorf("gvisor: prepare template: %w", err)
 		}
+	}
+	// A checkpoint that holds a TCP connection to the host (a build step's
+	// stream, a keep-alive) restores into a sandbox whose envd never
+	// answers: runsc cannot bring the connection back, and the netstack
+	// waits on it. Reset them all first, as a pause does.
+	if err := network.DropConnections(slot.Addr.Addr()); err != nil {
+		return fmt.Errorf("gvisor: drop connections before the checkpoint: %w", err)
 	}
 
 	snap := snapshotDir(t)
@@ -361,7 +369,9 @@ func (d *Driver) checkMeta(dir string) error {
 		return fmt.Errorf("snapshot saved with platform %s overlay %s, driver uses %s %s",
 			m.Platform, m.Overlay, d.cfg.Platform, d.cfg.Overlay)
 	}
-	if m.Process != bundleFingerprint() {
+	// Snapshots saved before the fingerprint was recorded are left to
+	// runsc's own check at restore.
+	if m.Process != "" && m.Process != bundleFingerprint() {
 		return errors.New("snapshot saved with another sandbox process spec (capabilities, args or env); rebuild the template's snapshot")
 	}
 	return nil

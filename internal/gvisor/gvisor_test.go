@@ -179,6 +179,7 @@ func newDriver(tb testing.TB) *Driver {
 		Runsc:        fx.runsc,
 		StateDir:     tb.TempDir(),
 		CgroupParent: "/gvt-test",
+		DebugLog:     os.Getenv("COCOON_TEST_RUNSC_DEBUG") != "",
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -533,9 +534,9 @@ func TestSnapshotMetaCatchesStaleProcessSpec(t *testing.T) {
 	if err := d.checkMeta(dir); err != nil {
 		t.Fatalf("fresh snapshot: %v", err)
 	}
-	// A checkpoint saved before the process spec changed (here: before
-	// the fingerprint existed) must be reported stale, not restored.
-	old := `{"runscVersion":"x","platform":"systrap","overlay":"` + DefaultOverlay + `"}`
+	// A checkpoint saved before the process spec changed must be reported
+	// stale, not restored.
+	old := `{"runscVersion":"x","platform":"systrap","overlay":"` + DefaultOverlay + `","process":"0123"}`
 	if err := os.WriteFile(filepath.Join(dir, metaFile), []byte(old), 0o644); err != nil {
 		t.Fatal(err)
 	}

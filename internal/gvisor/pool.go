@@ -23,7 +23,7 @@ import (
 // runtime.Named so the orchestrator can adopt it after a restart.
 type prespawned struct {
 	inst   *instance
-	pids   []int // the container's host processes, to renice at claim
+	gofers []int // the container's gofer processes
 	slot   *network.Slot
 	vcpus  int
 	memory int
@@ -51,7 +51,7 @@ func (d *Driver) Prespawn(ctx context.Context, t *runtime.Template, slot *networ
 		inst.Kill(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("gvisor: prespawn: %w; console: %s", err, runtime.TailLog(inst.ConsoleLog(), 10))
 	}
-	return &prespawned{inst: inst, pids: inst.processes(), slot: slot, vcpus: t.VCPUs, memory: t.MemoryMB}, nil
+	return &prespawned{inst: inst, gofers: goferPIDs(dir), slot: slot, vcpus: t.VCPUs, memory: t.MemoryMB}, nil
 }
 
 func envdURL(addr netip.Addr) string {
@@ -80,7 +80,9 @@ func (p *prespawned) Claim(ctx context.Context, spec runtime.Spec) (runtime.Inst
 		return fail(errors.New("the container exited while it waited"))
 	default:
 	}
-	if err := runtime.Renice(0, p.pids...); err != nil {
+	// The sandbox process, its systrap stubs (which run the sandbox's
+	// code) and the gofer.
+	if err := runtime.Renice(0, runtime.Descendants(append([]int{p.inst.pid}, p.gofers...)...)...); err != nil {
 		p.inst.d.cfg.Logger.Warn("gvisor: renice claimed container", "id", spec.ID, "err", err)
 	}
 	return p.inst, nil
@@ -88,14 +90,6 @@ func (p *prespawned) Claim(ctx context.Context, spec runtime.Spec) (runtime.Inst
 
 // RuntimeID implements runtime.Named.
 func (i *instance) RuntimeID() string { return i.id }
-
-// processes are the host processes of the container: its sandbox and its
-// gofer (named by the pid file runsc restore --pid-file wrote and by
-// goferPIDs).
-func (i *instance) processes() []int {
-	pids := []int{i.pid}
-	return append(pids, goferPIDs(i.dir)...)
-}
 
 // goferPIDs finds the runsc gofer serving the bundle in dir: the process
 // whose command line holds --bundle=<dir>, other than the sandbox.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -302,10 +303,23 @@ func (o *Orchestrator) exportSandbox(ctx context.Context, id, tree string, progr
 	return nil
 }
 
-// writeProfile records the template's environment for login shells.
+// profilePath is where a template's environment lives in its tree.
+func profilePath(tree string) string {
+	return filepath.Join(tree, "etc", "profile.d", "cocoon-template.sh")
+}
+
+// writeProfile records the template's environment for login shells: env
+// over what the tree's profile already holds (the parent layer's ENV, or
+// an image's configured environment).
 func writeProfile(tree string, env map[string]string) error {
 	if len(env) == 0 {
 		return nil
+	}
+	env = maps.Clone(env)
+	for k, v := range readProfile(tree) {
+		if _, ok := env[k]; !ok {
+			env[k] = v
+		}
 	}
 	keys := make([]string, 0, len(env))
 	for k := range env {
@@ -320,12 +334,34 @@ func writeProfile(tree string, env map[string]string) error {
 		}
 		fmt.Fprintf(&b, "export %s='%s'\n", k, strings.ReplaceAll(env[k], "'", `'\''`))
 	}
-	p := filepath.Join(tree, "etc", "profile.d", "cocoon-template.sh")
+	p := profilePath(tree)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
 	}
 	_ = os.Remove(p)
 	return os.WriteFile(p, []byte(b.String()), 0o644)
+}
+
+// readProfile reads back what writeProfile wrote: export K='v' lines, with
+// ' written as '\”. A missing file is an empty environment.
+func readProfile(tree string) map[string]string {
+	b, err := os.ReadFile(profilePath(tree))
+	if err != nil {
+		return nil
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		kv, ok := strings.CutPrefix(line, "export ")
+		if !ok {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !validEnvName(k) || len(v) < 2 || v[0] != '\'' || v[len(v)-1] != '\'' {
+			continue
+		}
+		env[k] = strings.ReplaceAll(v[1:len(v)-1], `'\''`, "'")
+	}
+	return env
 }
 
 func validEnvName(k string) bool {

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,6 +41,50 @@ func Renice(nice int, pids ...int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Descendants returns pids and every process below them, from the parent
+// pids in /proc. (gVisor's systrap runs a sandbox's code in stub processes,
+// children of the sandbox process, that a renice of the sandbox alone
+// would miss.)
+func Descendants(pids ...int) []int {
+	children := map[int][]int{}
+	procs, _ := os.ReadDir("/proc")
+	for _, e := range procs {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// "pid (comm) state ppid ...": comm may hold spaces and parens.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		if ppid, err := strconv.Atoi(f[1]); err == nil {
+			children[ppid] = append(children[ppid], pid)
+		}
+	}
+	seen := map[int]bool{}
+	var out []int
+	for len(pids) > 0 {
+		pid := pids[0]
+		pids = pids[1:]
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		out = append(out, pid)
+		pids = append(pids, children[pid]...)
+	}
+	return out
 }
 
 // StartNiced starts cmd with niceness nice, which the processes it starts

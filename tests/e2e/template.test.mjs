@@ -1,19 +1,32 @@
 // End-to-end test of custom templates, driven by the official, unchanged e2b
-// SDK's Template builder against a running `cocoon server`:
+// SDK's Template builder and by `cocoon template build -f Dockerfile`
+// against a running `cocoon server`:
 //
-//   source <data-dir>/sdk.env && node --test tests/e2e/template.test.mjs
+//   source <data-dir>/sdk.env && COCOON_E2E_DATA_DIR=<data-dir> node --test tests/e2e/template.test.mjs
 //
 // Template().fromTemplate('base').runCmd().copy().setEnvs().setWorkdir()
 // .setStartCmd(cmd, readyCmd) → Template.build → Sandbox.create from it; a
 // rebuild with unchanged steps hits the cache (and is timed); a failing RUN
 // and a ready command that never succeeds end the build with an error.
+// Template().fromImage() of an image in a registry started by the test
+// (bin/test-registry: the base rootfs without envd, cocoon-init and the
+// `user` account, which the import must add); a Dockerfile (FROM base,
+// ARG, COPY, USER, RUN, ENV, WORKDIR) built with the CLI; a Dockerfile with
+// an unsupported instruction refused with its line.
+//
+// COCOON_E2E_DATA_DIR (default /var/lib/cocoon) is the server's data dir,
+// whose base template the registry's image is made of; COCOON_BIN and
+// COCOON_TEST_REGISTRY_BIN default to bin/cocoon and bin/test-registry.
 
-import { after, describe, test } from 'node:test'
+import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { chmodSync, mkdirSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { repoRoot } from './lib/server.mjs'
+import { startRegistry } from './lib/registry.mjs'
 
 const { Sandbox, Template, BuildError } = await import('e2b')
 
@@ -97,5 +110,113 @@ describe('custom templates (SDK Template builder)', () => {
     const err = await Template.build(tpl, `tpl-nobase-${run}`).then(() => null, (e) => e)
     assert.ok(err instanceof BuildError, `got ${err}`)
     assert.match(err.message, /unknown base template/)
+  })
+})
+
+describe('custom templates from an OCI image (in-test registry)', () => {
+  const name = `img-${run}`
+  let registry, sbx
+
+  before(async () => {
+    registry = await startRegistry({ dataDir: process.env.COCOON_E2E_DATA_DIR ?? '/var/lib/cocoon', env: { COCOON_IMAGE_ENV: `image-${run}` } })
+    console.log(`# registry image ${registry.ref}`)
+  }, T)
+  after(async () => { await registry?.stop() })
+
+  test('fromImage + RUN + ENV builds; the import adds envd, cocoon-init and the user account', T, async () => {
+    const tpl = Template()
+      .fromImage(registry.ref)
+      .runCmd(`echo from-image-${run} > /opt/from-image.txt && id -un >> /opt/from-image.txt`, { user: 'root' })
+      .setEnvs({ COCOON_TPL_IMG: run })
+    const { info, logs, ms } = await build(tpl, name)
+    console.log(`# image build: ${ms} ms, ${logs.length} log lines`)
+    assert.ok(info.templateId)
+    assert.ok(logs.some((l) => l.includes(`FROM image ${registry.ref}`)), 'the build names the image')
+    assert.ok(logs.some((l) => /image sha256:[0-9a-f]{64} imported/.test(l)), `the image is pulled and imported:\n${logs.join('\n')}`)
+
+    sbx = await Sandbox.create(name, { timeoutMs: 120_000 })
+    sandboxes.push(sbx)
+    // commands.run answers: envd was installed by the import.
+    const r = await sbx.commands.run('cat /opt/from-image.txt; echo "$COCOON_TPL_IMG"; id -un; id user; sudo -n id -u')
+    assert.equal(r.stdout, `from-image-${run}\nroot\n${run}\nuser\nuid=1000(user) gid=1000(user) groups=1000(user)\n0\n`)
+    const pieces = await sbx.commands.run('test -x /usr/local/bin/envd && test -x /usr/local/sbin/cocoon-init && stat -c "%U %a" /home/user')
+    assert.equal(pieces.stdout.trim(), 'user 750')
+    assert.equal(await sbx.files.read('/opt/from-image.txt'), `from-image-${run}\nroot\n`)
+  })
+
+  // A layer's ENV goes over the parent's (here the image config's
+  // environment) in /etc/profile.d/cocoon-template.sh, which keeps it.
+  test('the image config\'s environment survives the template\'s ENV steps', T, async () => {
+    assert.ok(sbx, 'no sandbox from the image template')
+    const r = await sbx.commands.run('echo "$COCOON_IMAGE_ENV|$COCOON_TPL_IMG"')
+    assert.equal(r.stdout.trim(), `image-${run}|${run}`)
+  })
+
+  test('an unknown tag in the registry ends the build with an error', T, async () => {
+    const ref = registry.ref.replace(/:[^:/]+$/, ':no-such-tag')
+    const err = await Template.build(Template().fromImage(ref), `img-missing-${run}`).then(() => null, (e) => e)
+    assert.ok(err instanceof BuildError, `got ${err}`)
+    assert.match(err.message, /unknown base image/)
+  })
+})
+
+/** Runs the cocoon CLI with the SDK's environment; never throws on a non-zero exit. */
+function cocoon(args, { timeout = 600_000 } = {}) {
+  const bin = process.env.COCOON_BIN ?? join(repoRoot, 'bin/cocoon')
+  return new Promise((resolve) => {
+    execFile(bin, args, { timeout, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr })
+    })
+  })
+}
+
+describe('custom templates from a Dockerfile (cocoon template build -f)', () => {
+  const name = `df-${run}`
+  const dfDir = mkdtempSync(join(tmpdir(), 'cocoon-df-'))
+  after(() => rmSync(dfDir, { recursive: true, force: true }))
+
+  test('FROM base, ARG, COPY, USER, RUN, ENV, WORKDIR: the CLI streams the build, the sandbox has its effects', T, async () => {
+    mkdirSync(join(dfDir, 'app'))
+    writeFileSync(join(dfDir, 'app', 'hello.txt'), `hello dockerfile ${run}\n`)
+    writeFileSync(join(dfDir, 'app', 'greet.sh'), '#!/bin/sh\necho "greetings from $(pwd) as $(id -un): $DF_GREETING"\n')
+    chmodSync(join(dfDir, 'app', 'greet.sh'), 0o755)
+    writeFileSync(join(dfDir, 'Dockerfile'), [
+      '# the end-to-end Dockerfile',
+      'FROM base',
+      'ARG RUN_ID=unset',
+      'COPY app/ /opt/app/',
+      'USER root',
+      'RUN echo "built-$RUN_ID" && echo "ran $RUN_ID as $(id -un)" > /opt/app/ran.txt',
+      'ENV DF_GREETING="hello from the Dockerfile" \\',
+      '    DF_RUN=$RUN_ID',
+      'WORKDIR /opt/app',
+      'RUN ./greet.sh > greeted.txt',
+      'LABEL purpose=e2e',
+      'USER user',
+      '',
+    ].join('\n'))
+    const t0 = Date.now()
+    const res = await cocoon(['template', 'build', '-f', join(dfDir, 'Dockerfile'), '--name', name, '--build-arg', `RUN_ID=${run}`])
+    console.log(`# Dockerfile build: ${Date.now() - t0} ms, exit ${res.code}`)
+    assert.equal(res.code, 0, `cocoon template build failed:\n${res.stdout}\n${res.stderr}`)
+    assert.match(res.stdout, new RegExp(`template ${name} \\(\\S+\\) ready in`))
+    assert.match(res.stderr, /uploading files [0-9a-f]{12}/, 'the COPY context is uploaded')
+    assert.match(res.stderr, /note: line 11: LABEL ignored/)
+    assert.match(res.stderr, /\] RUN \.\/greet\.sh/, 'step logs are streamed')
+    assert.ok(res.stderr.includes(`built-${run}`), `the RUN's output is streamed:\n${res.stderr}`)
+
+    const sbx = await Sandbox.create(name, { timeoutMs: 120_000 })
+    sandboxes.push(sbx)
+    assert.equal(await sbx.files.read('/opt/app/hello.txt'), `hello dockerfile ${run}\n`)
+    const r = await sbx.commands.run('cat /opt/app/ran.txt /opt/app/greeted.txt; echo "$DF_GREETING|$DF_RUN"; test -x /opt/app/greet.sh && echo exec')
+    assert.equal(r.stdout, `ran ${run} as root\ngreetings from /opt/app as root: hello from the Dockerfile\nhello from the Dockerfile|${run}\nexec\n`)
+  })
+
+  test('an unsupported instruction fails with a message naming its line', T, async () => {
+    writeFileSync(join(dfDir, 'Dockerfile.bad'), 'FROM base\nRUN true\nSHELL ["/bin/bash", "-c"]\nRUN echo never\n')
+    const res = await cocoon(['template', 'build', '-f', join(dfDir, 'Dockerfile.bad'), '--name', `df-bad-${run}`], { timeout: 60_000 })
+    assert.notEqual(res.code, 0, 'the build must fail')
+    assert.match(res.stderr, /Dockerfile line 3: SHELL is not supported/)
+    await assert.rejects(Sandbox.create(`df-bad-${run}`), 'no template was made')
   })
 })

@@ -113,3 +113,25 @@ func (u *User) Abs(p string) string {
 	}
 	return filepath.Clean(p)
 }
+
+// GroupIDs lists the account's supplementary groups, for switching to it.
+// Without an entry in the group database it gets its primary group only,
+// which grants less, never more.
+func (u *User) GroupIDs() ([]uint32, error) {
+	// GroupIds needs only the name and primary group, both already known:
+	// no second passwd lookup.
+	acct := &user.User{Username: u.Name, Uid: strconv.FormatUint(uint64(u.UID), 10), Gid: strconv.FormatUint(uint64(u.GID), 10), HomeDir: u.Home}
+	ids, err := acct.GroupIds()
+	if err != nil {
+		return []uint32{u.GID}, nil
+	}
+	out := make([]uint32, 0, len(ids))
+	for _, id := range ids {
+		g, err := strconv.ParseUint(id, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("parse group id %q of %q: %w", id, u.Name, err)
+		}
+		out = append(out, uint32(g))
+	}
+	return out, nil
+}

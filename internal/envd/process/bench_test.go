@@ -54,6 +54,29 @@ func BenchmarkRunTrue(b *testing.B) {
 			reportPercentiles(b, lat)
 		})
 	}
+	// A Start that fails before any fork (no such command): the same
+	// stream's round trip without a process, the protocol's share.
+	b.Run("true/rpc-only-baseline", func(b *testing.B) {
+		e := newEnv(b, transports[0], nil)
+		ctx := context.Background()
+		lat := make([]time.Duration, 0, b.N)
+		for b.Loop() {
+			began := time.Now()
+			s, err := e.client.Start(ctx, connect.NewRequest(cmd("no-such-command-for-bench")))
+			if err != nil {
+				b.Fatal(err)
+			}
+			for s.Receive() {
+			}
+			if connect.CodeOf(s.Err()) != connect.CodeInvalidArgument {
+				b.Fatalf("run: err %v, want invalid_argument", s.Err())
+			}
+			s.Close()
+			lat = append(lat, time.Since(began))
+		}
+		b.StopTimer()
+		reportPercentiles(b, lat)
+	})
 	// The same fork and exec without envd, for the protocol's share.
 	b.Run("true/exec-only-baseline", func(b *testing.B) {
 		lat := make([]time.Duration, 0, b.N)

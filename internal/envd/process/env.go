@@ -5,10 +5,8 @@ import (
 	"maps"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -70,32 +68,9 @@ func credential(u *identity.User) (*syscall.Credential, error) {
 		}
 		return nil, fmt.Errorf("envd runs as uid %d and cannot run processes as %q: %w", euid, u.Name, os.ErrPermission)
 	}
-	groups, err := groupIDs(u)
+	groups, err := u.GroupIDs()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("groups of %q: %w", u.Name, err)
 	}
 	return &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: groups}, nil
-}
-
-// groupIDs lists u's supplementary groups.
-func groupIDs(u *identity.User) ([]uint32, error) {
-	acct, err := user.Lookup(u.Name)
-	if err != nil {
-		return nil, fmt.Errorf("look up user %q: %w", u.Name, err)
-	}
-	ids, err := acct.GroupIds()
-	if err != nil {
-		// No group database entry: run with the primary group only, which
-		// grants less, never more.
-		return []uint32{u.GID}, nil
-	}
-	out := make([]uint32, 0, len(ids))
-	for _, id := range ids {
-		g, err := strconv.ParseUint(id, 10, 32)
-		if err != nil {
-			return nil, fmt.Errorf("parse group id %q of %q: %w", id, u.Name, err)
-		}
-		out = append(out, uint32(g))
-	}
-	return out, nil
 }

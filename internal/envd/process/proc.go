@@ -28,6 +28,15 @@ const (
 	drainGrace = 50 * time.Millisecond
 )
 
+// readBufs recycles the read buffers of output readers. Every process has
+// two, most commands print little or nothing, and allocating 64 KiB per
+// process for that made the garbage collector a visible share of a short
+// command's round trip. Events carry copies, never these buffers.
+var readBufs = sync.Pool{New: func() any {
+	b := make([]byte, readChunk)
+	return &b
+}}
+
 // errSlow ends the stream of a subscriber that fell too far behind.
 var errSlow = errors.New("subscriber too slow: output dropped")
 
@@ -118,7 +127,9 @@ func (p *proc) publish(ev *pb.ProcessEvent) {
 // readOutput forwards f's bytes as data events until EOF or, once the
 // process has exited, until the read deadline set by wait.
 func (p *proc) readOutput(f *os.File, wrap func([]byte) *pb.ProcessEvent_DataEvent) {
-	buf := make([]byte, readChunk)
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	buf := *bp
 	emit := func(b []byte) {
 		out := make([]byte, len(b))
 		copy(out, b)

@@ -89,7 +89,8 @@ func New(sess *session.Session, opts ...Option) *Service {
 func (s *Service) Handler(opts ...connect.HandlerOption) (string, http.Handler) {
 	// Events are tens of bytes: gzip would cost more than it saves.
 	opts = append([]connect.HandlerOption{connect.WithInterceptors(frames.Interceptor{}), connect.WithCompressMinBytes(frames.CompressMinBytes)}, opts...)
-	return processconnect.NewProcessHandler(s, opts...)
+	path, h := processconnect.NewProcessHandler(s, opts...)
+	return path, withTail(h)
 }
 
 // NewHandler returns the Connect handler of process.Process, mounted at the
@@ -289,7 +290,9 @@ func (s *Service) pump(ctx context.Context, h http.Header, p *proc, sub *subscri
 			}
 		case <-p.ended:
 			// Everything published before the end is already queued, and
-			// nothing is published after it.
+			// nothing is published after it: the rest of the stream can go
+			// out in one write.
+			holdTail(ctx)
 			for len(sub.ch) > 0 {
 				if err := send(<-sub.ch); err != nil {
 					return err
@@ -509,6 +512,10 @@ func startPipes(p *proc, stdin bool) (err error) {
 	ours, files = append(ours, errR), append(files, errW)
 	p.cmd.Stdout, p.cmd.Stderr = outW, errW
 	// Without stdin the child reads /dev/null: EOF at once, as in E2B.
+	// One shared descriptor saves an open and a close per process.
+	if null, err := devNull(); err == nil && !stdin {
+		p.cmd.Stdin = null
+	}
 	if stdin {
 		inR, inW, err := pipe()
 		if err != nil {
@@ -524,6 +531,17 @@ func startPipes(p *proc, stdin bool) (err error) {
 	p.outs = []*os.File{outR, errR}
 	return nil
 }
+
+// devNull is /dev/null opened once for reading, the stdin of every process
+// started without one; exec.Cmd would open and close it for each. Should it
+// fail, exec.Cmd's own open reports the error.
+var devNull = sync.OnceValues(func() (*os.File, error) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", os.DevNull, err)
+	}
+	return f, nil
+})
 
 // startError maps a failed exec to a Connect code: the E2B SDK surfaces it
 // as an error of commands.run / pty.create (no start event is sent).

@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
-	"log"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -15,37 +12,18 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/cocoon-run/cocoon/internal/template/guest"
+	"github.com/cocoon-run/cocoon/internal/template/oci/ocitest"
 	"github.com/cocoon-run/cocoon/internal/template/rootfs"
 )
 
-// TestRegistry is an in-process OCI registry for tests (and for the
-// end-to-end tests' helper): it serves whatever is pushed to it, asking for
-// basic-auth credentials when user is not empty.
+// testRegistry is an in-process OCI registry (ocitest.Handler) that asks
+// for basic-auth credentials when user is not empty; it returns its host:port.
 func testRegistry(t *testing.T, user, pass string) string {
 	t.Helper()
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	if user != "" {
-		inner := h
-		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			u, p, ok := r.BasicAuth()
-			if !ok || u != user || p != pass {
-				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
-				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"credentials required"}]}`, http.StatusUnauthorized)
-				return
-			}
-			inner.ServeHTTP(w, r)
-		})
-	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(ocitest.Handler(user, pass, nil))
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")
 }
@@ -77,25 +55,15 @@ func testImage(t *testing.T) v1.Image {
 		dir("cache"), file("cache/.wh..wh..opq", ""), file("cache/fresh", "new"),
 		file("srv/added", "layer 2"),
 	)
-	img := empty.Image
+	var layers []v1.Layer
 	for _, b := range []*bytes.Buffer{lower, upper} {
-		data := b.Bytes()
-		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+		l, err := ocitest.BytesLayer(b.Bytes())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if img, err = mutate.AppendLayers(img, l); err != nil {
-			t.Fatal(err)
-		}
+		layers = append(layers, l)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config = v1.Config{Env: []string{"PATH=/bin:/usr/bin", "GREETING=hi"}, WorkingDir: "/srv", User: "app", Cmd: []string{"/bin/sh", "-c", "sleep 1"}}
-	img, err = mutate.ConfigFile(img, cf)
+	img, err := ocitest.Image(v1.Config{Env: []string{"PATH=/bin:/usr/bin", "GREETING=hi"}, WorkingDir: "/srv", User: "app", Cmd: []string{"/bin/sh", "-c", "sleep 1"}}, layers...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,12 +72,8 @@ func testImage(t *testing.T) v1.Image {
 
 func push(t *testing.T, ref string, img v1.Image, auth authn.Authenticator) {
 	t.Helper()
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
+	if err := ocitest.Push(ref, img, auth); err != nil {
 		t.Fatal(err)
-	}
-	if err := remote.Write(r, img, remote.WithAuth(auth)); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
 	}
 }
 
