@@ -167,8 +167,11 @@ func Build(ctx context.Context, opts Options) (*runtime.Template, error) {
 	}
 
 	imageKey := filepath.Base(filepath.Dir(image))
+	// The guest kernel's command line (its form: the host's TSC frequency
+	// aside) is part of what a snapshot saved: a change makes a new build,
+	// and sandboxes of the old one keep their files.
 	id := Name + "-" + cache.Key(Name, "1", k.Package, k.Version, filepath.Base(filepath.Dir(initrd)), imageKey,
-		strconv.Itoa(opts.VCPUs), strconv.Itoa(opts.MemoryMB), strconv.Itoa(opts.DiskMB))[:16]
+		strconv.Itoa(opts.VCPUs), strconv.Itoa(opts.MemoryMB), strconv.Itoa(opts.DiskMB), guest.CmdLine(1))[:16]
 	p("template: lay out "+id, 90)
 	dir, _, err := cache.Ensure(ctx, filepath.Join(opts.DataDir, "templates"), Name, id, func(ctx context.Context, dir string) error {
 		for _, l := range []struct{ src, dst string }{{k.Image, KernelFile}, {initrd, InitrdFile}, {image, ImageFile}} {

@@ -16,10 +16,10 @@ func TestCmdLine(t *testing.T) {
 		extra []string
 		want  string
 	}{
-		{"plain", 2096003, nil, "console=ttyS0 quiet panic=-1 tsc_early_khz=2096003 root=/dev/vda rootfstype=ext4 rw"},
+		{"plain", 2096003, nil, "console=ttyS0 quiet panic=-1 tsc_early_khz=2096003 tsc=reliable root=/dev/vda rootfstype=ext4 rw"},
 		{"no tsc", 0, nil, "console=ttyS0 quiet panic=-1 root=/dev/vda rootfstype=ext4 rw"},
 		{"net", 1000, Net{Addr: netip.MustParsePrefix("169.254.0.21/30"), Gateway: netip.MustParseAddr("169.254.0.22")}.Args(),
-			"console=ttyS0 quiet panic=-1 tsc_early_khz=1000 root=/dev/vda rootfstype=ext4 rw cocoon.ip=169.254.0.21/30 cocoon.gw=169.254.0.22"},
+			"console=ttyS0 quiet panic=-1 tsc_early_khz=1000 tsc=reliable root=/dev/vda rootfstype=ext4 rw cocoon.ip=169.254.0.21/30 cocoon.gw=169.254.0.22"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
