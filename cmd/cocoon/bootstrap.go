@@ -86,6 +86,9 @@ func bootstrap(ctx context.Context, st store.Store, dataDir, apiURL, sandboxURL 
 		}
 		fmt.Fprintf(out, "cocoon: created team %q and its API key; wrote E2B_API_KEY, E2B_API_URL and E2B_SANDBOX_URL to %s (source it)\n", defaultTeamID, sdkEnv)
 	}
+	if tmpl == nil {
+		return nil
+	}
 	return registerTemplate(ctx, st, tmpl, runtimes)
 }
 

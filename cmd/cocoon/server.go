@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cocoon-run/cocoon/internal/gvisor"
+	"github.com/cocoon-run/cocoon/internal/runtime"
+	"github.com/cocoon-run/cocoon/internal/vmm"
 	"log/slog"
 	"net"
 	"net/http"
@@ -262,11 +265,26 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 				fmt.Fprintf(os.Stderr, "cocoon: generated the admin token (for `cocoon team` and `cocoon key`): %s\n  it is kept in %s\n", adminToken, filepath.Join(dataDir, "admin.token"))
 			}
 		}
-		if withAPI && withNode {
-			tdir, _ := currentTemplate(dataDir, base.Name)
-			tmpl, err := base.Load(tdir)
-			if err != nil {
+		if withAPI {
+			// `cocoon api` alone registers the base template too when its
+			// data dir holds the node's (one host, parts run separately);
+			// on a host of its own it bootstraps the teams and key only.
+			var tmpl *runtime.Template
+			tdir, err := currentTemplate(dataDir, base.Name)
+			if err == nil {
+				tmpl, err = base.Load(tdir)
+			}
+			switch {
+			case err != nil && withNode:
 				return err
+			case err != nil:
+				log.Warn("no base template in the data dir: not registering it", "err", err)
+			case !withNode:
+				for _, name := range []string{vmm.Name, gvisor.Name} {
+					if hasSnapshot(tmpl, name) {
+						tmplRuntimes = append(tmplRuntimes, name)
+					}
+				}
 			}
 			if err := bootstrap(ctx, st, dataDir, "http://"+f.listen, "http://"+f.proxyListen, tmpl, tmplRuntimes, os.Stderr); err != nil {
 				return err

@@ -32,6 +32,8 @@ type InitRequest struct {
 	EnvVars     map[string]string `json:"envVars,omitempty"`
 	AccessToken *string           `json:"accessToken,omitempty"`
 	DefaultUser string            `json:"defaultUser,omitempty"`
+	// DefaultWorkdir is where processes start when they name no directory.
+	DefaultWorkdir string `json:"defaultWorkdir,omitempty"`
 	// Timestamp is the host's time: an RFC 3339 string or unix seconds.
 	Timestamp json.RawMessage `json:"timestamp,omitempty"`
 	Hostname  string          `json:"hostname,omitempty"`
@@ -115,6 +117,9 @@ func (s *Server) init(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("init: default user does not exist; requests fall back to envd's account", "user", req.DefaultUser)
 		}
 		s.sess.SetDefaultUser(req.DefaultUser)
+	}
+	if req.DefaultWorkdir != "" {
+		s.sess.SetDefaultWorkdir(req.DefaultWorkdir)
 	}
 	if req.AccessToken != nil {
 		s.sess.SetToken(*req.AccessToken)

@@ -167,13 +167,14 @@ func allSnapshots(t *runtime.Template, names []string) bool {
 	return true
 }
 
-// beforeSnapshot sets the template's environment and default user in envd,
-// starts the start command and waits for the ready command.
+// beforeSnapshot sets the template's environment, default user and working
+// directory in envd, starts the start command and waits for the ready
+// command.
 func beforeSnapshot(p BuildParams, progress func(string)) func(context.Context, *http.Client, string) error {
 	return func(ctx context.Context, hc *http.Client, url string) error {
 		e := &steps.Envd{URL: url, HTTP: hc}
-		if len(p.Env) > 0 || p.User != "" {
-			if err := e.Init(ctx, p.Env, p.User); err != nil {
+		if len(p.Env) > 0 || p.User != "" || p.Workdir != "" {
+			if err := e.Init(ctx, p.Env, p.User, p.Workdir); err != nil {
 				return err
 			}
 		}

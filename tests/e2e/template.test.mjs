@@ -81,6 +81,9 @@ describe('custom templates (SDK Template builder)', () => {
     assert.equal(tool.stdout.trim(), `tool-${run}`)
     const where = await sbx.commands.run('cat /home/user/app/where.txt /home/user/app/env.txt')
     assert.equal(where.stdout.trim(), `/home/user/app\n${run}`)
+    // setWorkdir is where the sandbox's commands start, as in E2B.
+    const pwd = await sbx.commands.run('pwd')
+    assert.equal(pwd.stdout.trim(), '/home/user/app')
     const ps = await sbx.commands.run('pgrep -f "http.server 8765"')
     assert.ok(ps.stdout.trim().length > 0, 'the start command runs')
     const served = await sbx.commands.run('python3 -c "import urllib.request;print(urllib.request.urlopen(\'http://127.0.0.1:8765/hello.txt\').read().decode())"')

@@ -383,7 +383,11 @@ func inputError(p *proc, err error) error {
 // starting stream (a blocking subscriber: output is never dropped for it).
 func (s *Service) spawn(msg *pb.StartRequest, u *identity.User) (*proc, *subscriber, error) {
 	cfg := msg.GetProcess()
-	cwd := u.Abs(cfg.GetCwd())
+	dir := cfg.GetCwd()
+	if dir == "" {
+		dir = s.sess.DefaultWorkdir()
+	}
+	cwd := u.Abs(dir)
 	env := buildEnv(u, cwd, s.sess.Envs(), cfg.GetEnvs())
 	path, err := lookPath(cfg.GetCmd(), env)
 	if err != nil {

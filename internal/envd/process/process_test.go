@@ -1017,3 +1017,19 @@ func TestSendInputToStalledProcess(t *testing.T) {
 		t.Errorf("close stdin waited %v for the stalled write", d)
 	}
 }
+
+// TestDefaultWorkdir: a template's WORKDIR (/init defaultWorkdir) is where a
+// process starts unless it names a directory.
+func TestDefaultWorkdir(t *testing.T) {
+	sess := &session.Session{}
+	sess.SetDefaultWorkdir("/tmp")
+	e := newEnv(t, transports[0], sess)
+	if got := run(t, e, sh("pwd")).stdout; got != "/tmp\n" {
+		t.Errorf("no cwd: got %q, want /tmp", got)
+	}
+	req := sh("pwd")
+	req.Process.Cwd = strp("/")
+	if got := run(t, e, req).stdout; got != "/\n" {
+		t.Errorf("cwd /: got %q, want /", got)
+	}
+}

@@ -1,5 +1,5 @@
 // Package session holds the identity envd is given by /init: environment
-// variables, the access token and the default user. It is shared by every
+// variables, the access token, the default user and working directory. It is shared by every
 // envd service and changes on every snapshot restore.
 package session
 
@@ -14,6 +14,7 @@ type Session struct {
 	envs        map[string]string
 	token       string
 	defaultUser string
+	workdir     string
 }
 
 // Envs returns a copy of the environment variables set by /init.
@@ -60,4 +61,19 @@ func (s *Session) SetDefaultUser(u string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.defaultUser = u
+}
+
+// DefaultWorkdir is where processes start when they name no directory (""
+// means the user's home): a template's WORKDIR.
+func (s *Session) DefaultWorkdir() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.workdir
+}
+
+// SetDefaultWorkdir replaces the default working directory.
+func (s *Session) SetDefaultWorkdir(dir string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.workdir = dir
 }

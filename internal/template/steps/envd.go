@@ -172,8 +172,8 @@ func (e *Envd) Upload(ctx context.Context, path, user string, r io.Reader) error
 
 // Init sends envd's /init: default environment variables and user for
 // every later process.
-func (e *Envd) Init(ctx context.Context, env map[string]string, defaultUser string) error {
-	b, err := json.Marshal(map[string]any{"envVars": env, "defaultUser": defaultUser,
+func (e *Envd) Init(ctx context.Context, env map[string]string, defaultUser, defaultWorkdir string) error {
+	b, err := json.Marshal(map[string]any{"envVars": env, "defaultUser": defaultUser, "defaultWorkdir": defaultWorkdir,
 		"timestamp": time.Now().UTC().Format(time.RFC3339Nano)})
 	if err != nil {
 		return err
