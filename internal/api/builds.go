@@ -49,6 +49,9 @@ const defaultImage = "e2bdev/base"
 
 var templateName = regexp.MustCompile(`^[a-z0-9][a-z0-9._/-]{0,127}$`)
 
+// buildTag is what a build tag may be (the part after ":" in "name:tag").
+var buildTag = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
 type newTemplateV3Request struct {
 	Name     string   `json:"name"`
 	Alias    string   `json:"alias"`
@@ -84,7 +87,12 @@ func (s *Server) createTemplateV3(w http.ResponseWriter, r *http.Request) error 
 		name, tags = n, append(tags, tag)
 	}
 	if len(tags) == 0 {
-		tags = []string{"default"}
+		tags = []string{store.DefaultTag}
+	}
+	for _, tag := range tags {
+		if !buildTag.MatchString(tag) {
+			return errorf(http.StatusBadRequest, fmt.Sprintf("invalid tag %q: letters, digits, '.', '_', '-'", tag))
+		}
 	}
 	if !templateName.MatchString(name) {
 		return errorf(http.StatusBadRequest, fmt.Sprintf("invalid template name %q: lowercase letters, digits, '.', '_', '-', '/'", name))
@@ -119,7 +127,7 @@ func (s *Server) createTemplateV3(w http.ResponseWriter, r *http.Request) error 
 	default:
 		return fmt.Errorf("resolve template %s: %w", name, err)
 	}
-	b := store.TemplateBuild{ID: store.NewID(20), TemplateID: t.ID, Status: store.BuildWaiting, CreatedAt: s.now()}
+	b := store.TemplateBuild{ID: store.NewID(20), TemplateID: t.ID, Status: store.BuildWaiting, Tags: tags, CreatedAt: s.now()}
 	if err := s.store.CreateBuild(ctx, b); err != nil {
 		return fmt.Errorf("create build: %w", err)
 	}

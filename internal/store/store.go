@@ -101,7 +101,8 @@ type Store interface {
 	// UpdateBuild writes status, reason, runtimes, artifact dir, spec, envd
 	// version and finished time.
 	UpdateBuild(ctx context.Context, b TemplateBuild) error
-	// LatestReadyBuild resolves ref like ResolveTemplate and returns its most
+	// LatestReadyBuild resolves ref ("<template>" or "<template>:<tag>")
+	// like ResolveTemplate and returns its most
 	// recently finished ready build; ErrNotFound if it has none.
 	LatestReadyBuild(ctx context.Context, ref, teamID string) (Template, TemplateBuild, error)
 	// AppendBuildLog appends entries to a build's log, numbering them (Seq)
@@ -249,11 +250,14 @@ const (
 
 // TemplateBuild is one build of a template.
 type TemplateBuild struct {
-	ID          string
-	TemplateID  string
-	Status      BuildStatus
-	Reason      string
-	Runtimes    []string // runtimes the artifacts exist for ("qemu", "gvisor")
+	ID         string
+	TemplateID string
+	Status     BuildStatus
+	Reason     string
+	Runtimes   []string // runtimes the artifacts exist for ("qemu", "gvisor")
+	// Tags name the build: "<template>:<tag>" resolves to the newest ready
+	// build with the tag ("default" and no tag: the newest ready build).
+	Tags        []string
 	ArtifactDir string
 	// Spec is the build request as JSON (fromImage/fromTemplate, startCmd,
 	// readyCmd, steps...).

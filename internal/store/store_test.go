@@ -588,7 +588,7 @@ func testBuilds(t *testing.T, dsn string) {
 	wantErr(t, "no ready build", err, ErrNotFound)
 	wantErr(t, "build of missing template", s.CreateBuild(ctx, TemplateBuild{ID: "bx", TemplateID: "nope"}), ErrNotFound)
 
-	b1 := TemplateBuild{ID: "b1", TemplateID: "tp1", Status: BuildBuilding, Runtimes: []string{"gvisor"},
+	b1 := TemplateBuild{ID: "b1", TemplateID: "tp1", Status: BuildBuilding, Runtimes: []string{"gvisor"}, Tags: []string{"v1", "stable"},
 		ArtifactDir: "/var/lib/cocoon/b1", Spec: json.RawMessage(`{"fromImage":"debian:12","steps":[]}`), CreatedAt: ts(1)}
 	b2 := TemplateBuild{ID: "b2", TemplateID: "tp1", Status: BuildWaiting, Runtimes: []string{}, CreatedAt: ts(2)}
 	for _, b := range []TemplateBuild{b1, b2} {
@@ -622,6 +622,14 @@ func testBuilds(t *testing.T, dsn string) {
 	if _, rb, err := s.LatestReadyBuild(ctx, "tp1", "t1"); err != nil || rb.ID != "b3" {
 		t.Errorf("LatestReadyBuild after b3: got %s, %v", rb.ID, err)
 	}
+	// A tag picks the newest ready build that carries it; "default" the newest.
+	for _, tt := range []struct{ ref, want string }{{"app:v1", "b1"}, {"app:stable", "b1"}, {"app:default", "b3"}, {"tp1:v1", "b1"}} {
+		if _, rb, err := s.LatestReadyBuild(ctx, tt.ref, "t1"); err != nil || rb.ID != tt.want {
+			t.Errorf("LatestReadyBuild(%q): got %s, %v; want %s", tt.ref, rb.ID, err, tt.want)
+		}
+	}
+	_, _, err = s.LatestReadyBuild(ctx, "app:v2", "t1")
+	wantErr(t, "unknown tag", err, ErrNotFound)
 	if bs, err := s.ListBuilds(ctx, "tp1"); err != nil || !reflect.DeepEqual(func() []string {
 		var out []string
 		for _, b := range bs {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -177,20 +179,23 @@ func (s *sqlStore) DeleteTemplate(ctx context.Context, id string) error {
 
 // ---- builds ----
 
-const buildCols = "id, template_id, status, reason, runtimes, artifact_dir, spec, envd_version, created_at, finished_at"
+const buildCols = "id, template_id, status, reason, runtimes, tags, artifact_dir, spec, envd_version, created_at, finished_at"
 
 func scanBuild(sc scanner) (TemplateBuild, error) {
 	var (
-		b        TemplateBuild
-		rt, spec string
-		ca       int64
-		fa       sql.NullInt64
+		b              TemplateBuild
+		rt, tags, spec string
+		ca             int64
+		fa             sql.NullInt64
 	)
-	if err := sc.Scan(&b.ID, &b.TemplateID, &b.Status, &b.Reason, &rt, &b.ArtifactDir, &spec, &b.EnvdVersion, &ca, &fa); err != nil {
+	if err := sc.Scan(&b.ID, &b.TemplateID, &b.Status, &b.Reason, &rt, &tags, &b.ArtifactDir, &spec, &b.EnvdVersion, &ca, &fa); err != nil {
 		return TemplateBuild{}, err
 	}
 	if err := json.Unmarshal([]byte(rt), &b.Runtimes); err != nil {
 		return TemplateBuild{}, fmt.Errorf("decode build %s runtimes: %w", b.ID, err)
+	}
+	if err := json.Unmarshal([]byte(tags), &b.Tags); err != nil {
+		return TemplateBuild{}, fmt.Errorf("decode build %s tags: %w", b.ID, err)
 	}
 	b.Spec = textRaw(spec)
 	b.CreatedAt, b.FinishedAt = fromMicros(ca), fromNullMicros(fa)
@@ -202,6 +207,10 @@ func (s *sqlStore) CreateBuild(ctx context.Context, b TemplateBuild) error {
 	if err != nil {
 		return fmt.Errorf("create build %s: %w", b.ID, err)
 	}
+	tags, err := listText(b.Tags)
+	if err != nil {
+		return fmt.Errorf("create build %s: %w", b.ID, err)
+	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		var one int
 		err := tx.QueryRowContext(ctx, s.q("SELECT 1 FROM templates WHERE id = ?"), b.TemplateID).Scan(&one)
@@ -210,8 +219,8 @@ func (s *sqlStore) CreateBuild(ctx context.Context, b TemplateBuild) error {
 		} else if err != nil {
 			return err
 		}
-		return insertNew(ctx, tx, s.q("INSERT INTO template_builds ("+buildCols+", log_count) VALUES ("+placeholders(11)+") ON CONFLICT DO NOTHING"),
-			b.ID, b.TemplateID, string(b.Status), b.Reason, rt, b.ArtifactDir, rawText(b.Spec), b.EnvdVersion,
+		return insertNew(ctx, tx, s.q("INSERT INTO template_builds ("+buildCols+", log_count) VALUES ("+placeholders(12)+") ON CONFLICT DO NOTHING"),
+			b.ID, b.TemplateID, string(b.Status), b.Reason, rt, tags, b.ArtifactDir, rawText(b.Spec), b.EnvdVersion,
 			micros(b.CreatedAt), nullMicros(b.FinishedAt), 0)
 	})
 	if err != nil {
@@ -266,21 +275,35 @@ func (s *sqlStore) UpdateBuild(ctx context.Context, b TemplateBuild) error {
 }
 
 func (s *sqlStore) LatestReadyBuild(ctx context.Context, ref, teamID string) (Template, TemplateBuild, error) {
-	t, err := s.ResolveTemplate(ctx, ref, teamID)
+	name, tag, _ := strings.Cut(ref, ":")
+	t, err := s.ResolveTemplate(ctx, name, teamID)
 	if err != nil {
 		return Template{}, TemplateBuild{}, err
 	}
-	b, err := scanBuild(s.db.QueryRowContext(ctx, s.q(`SELECT `+buildCols+` FROM template_builds
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+buildCols+` FROM template_builds
 		WHERE template_id = ? AND status = ?
-		ORDER BY COALESCE(finished_at, 0) DESC, created_at DESC, id DESC LIMIT 1`), t.ID, string(BuildReady)))
-	if errors.Is(err, sql.ErrNoRows) {
-		err = ErrNotFound
-	}
+		ORDER BY COALESCE(finished_at, 0) DESC, created_at DESC, id DESC`), t.ID, string(BuildReady))
 	if err != nil {
 		return Template{}, TemplateBuild{}, fmt.Errorf("latest ready build of %q: %w", ref, err)
 	}
-	return t, b, nil
+	defer rows.Close()
+	for rows.Next() {
+		b, err := scanBuild(rows)
+		if err != nil {
+			return Template{}, TemplateBuild{}, fmt.Errorf("latest ready build of %q: %w", ref, err)
+		}
+		if tag == "" || tag == DefaultTag || slices.Contains(b.Tags, tag) {
+			return t, b, nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return Template{}, TemplateBuild{}, fmt.Errorf("latest ready build of %q: %w", ref, err)
+	}
+	return Template{}, TemplateBuild{}, fmt.Errorf("latest ready build of %q: %w", ref, ErrNotFound)
 }
+
+// DefaultTag names a template's newest ready build, whatever its tags.
+const DefaultTag = "default"
 
 func (s *sqlStore) AppendBuildLog(ctx context.Context, buildID string, entries ...BuildLogEntry) error {
 	if len(entries) == 0 {

@@ -90,14 +90,17 @@ describe('custom templates (SDK Template builder)', () => {
     assert.match(served.stdout, new RegExp(run))
   })
 
-  test('a rebuild with unchanged steps hits the cache (≤ 10% of the first build)', T, async () => {
-    const again = await build(fiveSteps(name), name)
+  test('a rebuild with unchanged steps hits the cache (≤ 10% of the first build); its tag names it', T, async () => {
+    const again = await build(fiveSteps(name), `${name}:v2`)
     console.log(`# rebuild: ${again.ms} ms (first ${first.ms} ms, ${(100 * again.ms / first.ms).toFixed(1)}%)`)
     assert.ok(again.logs.some((l) => /cached/.test(l)), 'the rebuild reports the cache')
     assert.ok(again.ms <= first.ms * 0.1, `rebuild ${again.ms} ms > 10% of ${first.ms} ms`)
-    const sbx = await Sandbox.create(name, { timeoutMs: 60_000 })
+    const sbx = await Sandbox.create(`${name}:v2`, { timeoutMs: 60_000 })
     sandboxes.push(sbx)
     assert.equal((await sbx.commands.run('mytool')).stdout.trim(), `tool-${run}`)
+    const err = await Sandbox.create(`${name}:no-such-tag`, { timeoutMs: 60_000 }).then((s) => { sandboxes.push(s); return null }, (e) => e)
+    assert.ok(err, 'a create from an unknown tag must fail')
+    assert.match(String(err.message), /not found/i)
   })
 
   test('a failing RUN ends the build with an error naming the step and exit code', T, async () => {
