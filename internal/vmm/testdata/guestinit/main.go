@@ -3,6 +3,7 @@
 // /mnt and serves an envd-like HTTP API on port 49983:
 //
 //	GET  /health           204
+//	POST /init             204 (ignored)
 //	PUT  /file?path=P      write the body to /mnt/P
 //	GET  /file?path=P      read /mnt/P (404 when absent)
 //	POST /dirty?mb=N       fill N MiB of memory with a pattern
@@ -127,6 +128,8 @@ func serve() error {
 	)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	// The warm pool's warm-up /init (runtime.WarmInit): accepted, ignored.
+	mux.HandleFunc("POST /init", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("GET /id", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, hex.EncodeToString(id[:])) })
 	mux.HandleFunc("PUT /file", func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
