@@ -8,9 +8,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cocoon-run/cocoon/internal/template/oci/ocitest"
 )
 
 // entry is one tar entry of a test archive.
@@ -223,37 +224,19 @@ func TestExtractKeepsMetadata(t *testing.T) {
 	if err := Extract(arch, root, ExtractOptions{Whiteouts: true}); err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
-		path     string
-		mode     os.FileMode
-		uid, gid uint32
-	}{
-		{"bin/sudo", 0o755 | os.ModeSetuid, 0, 0},
-		{"bin/wall", 0o755 | os.ModeSetgid, 0, 5},
-		{"tmp", 0o777 | os.ModeSticky | os.ModeDir, 0, 0},
-		{"home/user/f", 0o600, 1000, 1001},
-		{"home/user/link", 0o777 | os.ModeSymlink, 1000, 1001},
-		{"fifo", 0o640 | os.ModeNamedPipe, 0, 0},
+	tests := []ocitest.FileWant{
+		{Path: "bin/sudo", Mode: 0o755 | os.ModeSetuid, UID: 0, GID: 0},
+		{Path: "bin/wall", Mode: 0o755 | os.ModeSetgid, UID: 0, GID: 5},
+		{Path: "tmp", Mode: 0o777 | os.ModeSticky | os.ModeDir, UID: 0, GID: 0},
+		{Path: "home/user/f", Mode: 0o600, UID: 1000, GID: 1001},
+		{Path: "home/user/link", Mode: 0o777 | os.ModeSymlink, UID: 1000, GID: 1001},
+		{Path: "fifo", Mode: 0o640 | os.ModeNamedPipe, UID: 0, GID: 0},
 	}
-	for _, tt := range tests {
-		fi, err := os.Lstat(filepath.Join(root, tt.path))
-		if err != nil {
-			t.Errorf("%s: %v", tt.path, err)
-			continue
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if fi.Mode() != tt.mode || st.Uid != tt.uid || st.Gid != tt.gid {
-			t.Errorf("%s: got %v %d:%d, want %v %d:%d", tt.path, fi.Mode(), st.Uid, st.Gid, tt.mode, tt.uid, tt.gid)
-		}
-	}
+	ocitest.CheckFiles(t, root, tests)
 	if l, _ := os.Readlink(filepath.Join(root, "home/user/abs")); l != "/etc/passwd" {
 		t.Errorf("absolute symlink: got %q (root filesystems need them)", l)
 	}
-	a, _ := os.Stat(filepath.Join(root, "bin/sudo"))
-	b, _ := os.Stat(filepath.Join(root, "bin/sudo2"))
-	if a == nil || b == nil || !os.SameFile(a, b) {
-		t.Errorf("bin/sudo2 is not a hard link of bin/sudo")
-	}
+	ocitest.CheckHardLink(t, root, "bin/sudo", "bin/sudo2")
 	if fi, _ := os.Stat(filepath.Join(root, "home/user/f")); fi == nil || !fi.ModTime().Equal(time.Unix(1700000000, 0)) {
 		t.Errorf("modification time not kept")
 	}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -167,41 +166,23 @@ func checkImportedTree(t *testing.T, dir string) {
 		t.Errorf("srv/added: %q", got)
 	}
 	// Modes, owners, links.
-	modes := []struct {
-		path     string
-		mode     os.FileMode
-		uid, gid uint32
-	}{
-		{"srv/secret", 0o600, 1234, 1234},
-		{"usr/bin/su", 0o755 | os.ModeSetuid, 0, 0},
-		{"etc/shadow", 0o640, 0, 42},
-		{"bin/busybox", 0o755, 0, 0},
-		{"home/user", 0o750 | os.ModeDir, 1000, 1000},
-		{"tmp", 0o777 | os.ModeDir | os.ModeSticky, 0, 0},
-		{strings.TrimPrefix(guest.EnvdPath, "/"), 0o755, 0, 0},
-		{strings.TrimPrefix(guest.InitPath, "/"), 0o755, 0, 0},
-		{"usr/bin/tini", 0o755, 0, 0},
-		{"etc/sudoers.d/user", 0o440, 0, 0},
+	modes := []ocitest.FileWant{
+		{Path: "srv/secret", Mode: 0o600, UID: 1234, GID: 1234},
+		{Path: "usr/bin/su", Mode: 0o755 | os.ModeSetuid, UID: 0, GID: 0},
+		{Path: "etc/shadow", Mode: 0o640, UID: 0, GID: 42},
+		{Path: "bin/busybox", Mode: 0o755, UID: 0, GID: 0},
+		{Path: "home/user", Mode: 0o750 | os.ModeDir, UID: 1000, GID: 1000},
+		{Path: "tmp", Mode: 0o777 | os.ModeDir | os.ModeSticky, UID: 0, GID: 0},
+		{Path: strings.TrimPrefix(guest.EnvdPath, "/"), Mode: 0o755, UID: 0, GID: 0},
+		{Path: strings.TrimPrefix(guest.InitPath, "/"), Mode: 0o755, UID: 0, GID: 0},
+		{Path: "usr/bin/tini", Mode: 0o755, UID: 0, GID: 0},
+		{Path: "etc/sudoers.d/user", Mode: 0o440, UID: 0, GID: 0},
 	}
-	for _, m := range modes {
-		fi, err := os.Lstat(filepath.Join(dir, m.path))
-		if err != nil {
-			t.Errorf("%s: %v", m.path, err)
-			continue
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if fi.Mode() != m.mode || st.Uid != m.uid || st.Gid != m.gid {
-			t.Errorf("%s: got %v %d:%d, want %v %d:%d", m.path, fi.Mode(), st.Uid, st.Gid, m.mode, m.uid, m.gid)
-		}
-	}
+	ocitest.CheckFiles(t, dir, modes)
 	if l, _ := os.Readlink(filepath.Join(dir, "bin/ls")); l != "/bin/busybox" {
 		t.Errorf("bin/ls -> %q", l)
 	}
-	a, _ := os.Stat(filepath.Join(dir, "usr/bin/su"))
-	b, _ := os.Stat(filepath.Join(dir, "usr/bin/su2"))
-	if a == nil || b == nil || !os.SameFile(a, b) {
-		t.Errorf("usr/bin/su2 is not a hard link of usr/bin/su")
-	}
+	ocitest.CheckHardLink(t, dir, "usr/bin/su", "usr/bin/su2")
 	// The user account, added next to the image's own.
 	passwd := read("etc/passwd")
 	if !strings.Contains(passwd, "app:x:1234:1234::/srv:/bin/sh\n") || !strings.Contains(passwd, "\nuser:x:1000:1000::/home/user:/bin/sh\n") {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -95,34 +94,16 @@ func TestTreeLayerRoundTrip(t *testing.T) {
 		t.Errorf("config: %+v, %v", cfg, err)
 	}
 
-	for _, c := range []struct {
-		path     string
-		mode     os.FileMode
-		uid, gid uint32
-	}{
-		{"srv/secret", 0o600, 1234, 4321},
-		{"usr/bin/su", 0o755 | os.ModeSetuid, 0, 0},
-		{"tmp", 0o777 | os.ModeDir | os.ModeSticky, 0, 0},
-		{"usr/bin/sulink", 0o777 | os.ModeSymlink, 0, 0},
-	} {
-		fi, err := os.Lstat(filepath.Join(out, c.path))
-		if err != nil {
-			t.Errorf("%s: %v", c.path, err)
-			continue
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if fi.Mode() != c.mode || st.Uid != c.uid || st.Gid != c.gid {
-			t.Errorf("%s: got %v %d:%d, want %v %d:%d", c.path, fi.Mode(), st.Uid, st.Gid, c.mode, c.uid, c.gid)
-		}
-	}
+	ocitest.CheckFiles(t, out, []ocitest.FileWant{
+		{Path: "srv/secret", Mode: 0o600, UID: 1234, GID: 4321},
+		{Path: "usr/bin/su", Mode: 0o755 | os.ModeSetuid, UID: 0, GID: 0},
+		{Path: "tmp", Mode: 0o777 | os.ModeDir | os.ModeSticky, UID: 0, GID: 0},
+		{Path: "usr/bin/sulink", Mode: 0o777 | os.ModeSymlink, UID: 0, GID: 0},
+	})
 	if l, _ := os.Readlink(filepath.Join(out, "usr/bin/sulink")); l != "/usr/bin/su" {
 		t.Errorf("sulink -> %q", l)
 	}
-	a, _ := os.Stat(filepath.Join(out, "usr/bin/su"))
-	b, _ := os.Stat(filepath.Join(out, "usr/bin/su2"))
-	if a == nil || b == nil || !os.SameFile(a, b) {
-		t.Errorf("usr/bin/su2 is not a hard link of usr/bin/su")
-	}
+	ocitest.CheckHardLink(t, out, "usr/bin/su", "usr/bin/su2")
 	for _, gone := range []string{"skip", "usr/local/bin/envd"} {
 		if _, err := os.Lstat(filepath.Join(out, gone)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s was not skipped: %v", gone, err)
