@@ -115,6 +115,12 @@ func (r *Report) finish() {
 			})
 		}
 		target("exec protocol share p50 ≤ 3 ms ("+rt+")", "exec.protocol_share", rt, func(x Result) (string, bool) {
+			if x.P50 < 0 {
+				// The in-sandbox fork+exec cost (a mean over a loop, by the
+				// guest's clock) came out above the round trip that holds
+				// it: the subtraction says nothing this run.
+				return fmt.Sprintf("%.2f ms: not measurable this run (the in-sandbox fork+exec mean exceeded the round trip)", x.P50), false
+			}
 			return fmt.Sprintf("%.2f ms", x.P50), x.P50 <= 3
 		})
 		target("density ≥ 150 idle sandboxes in 16 GiB ("+rt+")", "density.idle_sandboxes", rt, func(x Result) (string, bool) {
