@@ -115,7 +115,6 @@ func openNode(ctx context.Context, dataDir string, f *nodeFlags, tmpl *runtime.T
 		StateDir:     filepath.Join(dataDir, "gvisor", "state"),
 		CgroupParent: gcg,
 		ReapplyAddr:  network.ReapplyAddr,
-		Logger:       log,
 	}); err != nil {
 		problems = append(problems, "gvisor: "+err.Error())
 	} else {

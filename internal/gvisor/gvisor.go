@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -60,8 +59,6 @@ type Config struct {
 	ReapplyAddr func(ctx context.Context, slot *network.Slot) error
 	// DebugLog makes runsc write debug logs to <Spec.Dir>/debug/.
 	DebugLog bool
-	// Logger gets the driver's warnings; nil discards them.
-	Logger *slog.Logger
 }
 
 // Driver is the gVisor implementation of runtime.Runtime.
@@ -97,9 +94,6 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	if cfg.ReapplyAddr == nil {
 		cfg.ReapplyAddr = ReapplyAddr
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Driver{cfg: cfg}, nil
 }
@@ -163,9 +157,7 @@ func checkpointDir(dir string) string { return filepath.Join(dir, "checkpoint") 
 // start launches a container from the bundle in dir, either fresh (image ==
 // "") or from a checkpoint image, detached, with its stdout and stderr (and
 // runsc's own errors) appended to dir/console.log.
-// The container's processes (runsc's sandbox and gofer) start at niceness
-// nice.
-func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network.Slot, nice int) error {
+func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network.Slot) error {
 	if err := d.cfg.ReapplyAddr(ctx, slot); err != nil {
 		return fmt.Errorf("reapply slot address: %w", err)
 	}
@@ -191,11 +183,7 @@ func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network
 	// files: a pipe would keep Wait blocked for the sandbox's lifetime.
 	cmd := exec.CommandContext(ctx, d.cfg.Runsc, args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	err = runtime.StartNiced(cmd, nice)
-	if err == nil {
-		err = cmd.Wait()
-	}
-	if err != nil {
+	if err := cmd.Run(); err != nil {
 		tail, _ := os.ReadFile(logPath)
 		return fmt.Errorf("runsc %s: %w: %s", args[len(d.globalArgs(debugDir))], err, lastLines(tail, 5))
 	}
@@ -283,7 +271,7 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 	if err != nil {
 		return fmt.Errorf("gvisor: %w", err)
 	}
-	if err := d.start(ctx, id, dir, "", slot, 0); err != nil {
+	if err := d.start(ctx, id, dir, "", slot); err != nil {
 		return fmt.Errorf("gvisor: start template: %w", err)
 	}
 	defer d.remove(context.WithoutCancel(ctx), id)
@@ -389,14 +377,14 @@ func (d *Driver) SnapshotCurrent(t *runtime.Template) error {
 // Restore implements runtime.Runtime: it restores the template's snapshot,
 // or a paused sandbox, into spec.Slot and returns once runsc has restored it.
 func (d *Driver) Restore(ctx context.Context, src runtime.Source, spec runtime.Spec) (runtime.Instance, error) {
-	inst, err := d.restore(ctx, src, spec, 0)
+	inst, err := d.restore(ctx, src, spec)
 	if err != nil {
 		return nil, err
 	}
 	return inst, nil
 }
 
-func (d *Driver) restore(ctx context.Context, src runtime.Source, spec runtime.Spec, nice int) (*instance, error) {
+func (d *Driver) restore(ctx context.Context, src runtime.Source, spec runtime.Spec) (*instance, error) {
 	if src.Template == nil || src.Template.RootfsDir == "" {
 		return nil, errors.New("gvisor: restore needs a template with RootfsDir")
 	}
@@ -418,7 +406,7 @@ func (d *Driver) restore(ctx context.Context, src runtime.Source, spec runtime.S
 		cgroup: d.cgroupPath(spec.ID), vcpus: spec.VCPUs, memoryMB: spec.MemoryMB,
 	})
 	if err == nil {
-		err = d.start(ctx, spec.ID, spec.Dir, checkpointDir(from), spec.Slot, nice)
+		err = d.start(ctx, spec.ID, spec.Dir, checkpointDir(from), spec.Slot)
 	}
 	var inst *instance
 	if err == nil {

@@ -21,8 +21,8 @@ import (
 // address into its own stack at restore, so the slot is part of the pool
 // entry). A create then only claims one and sends its /init.
 //
-// Pooled sandboxes live in <data>/sandboxes/w<hex>/ until claimed and run
-// at runtime.PoolNice; reconcile after a crash finds them there like any
+// Pooled sandboxes live in <data>/sandboxes/w<hex>/ until claimed (QEMU
+// ones at runtime.PoolNice); reconcile after a crash finds them there like any
 // sandbox no record names (by command line, working directory or runsc
 // container) and removes them, so a crash leaks nothing, and Close
 // discards them. <data>/pool/ is where earlier versions kept them; it is
