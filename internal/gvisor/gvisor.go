@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -33,6 +32,11 @@ const Name = "gvisor"
 
 // EnvdPort is where envd listens inside every sandbox.
 const EnvdPort = 49983
+
+// envdURL is the base URL of the envd of the sandbox at addr.
+func envdURL(addr netip.Addr) string {
+	return "http://" + netip.AddrPortFrom(addr, EnvdPort).String()
+}
 
 // DefaultOverlay keeps a sandbox's writes in sandbox memory, which
 // runsc checkpoint saves with the rest of the memory: a paused sandbox's
@@ -283,7 +287,7 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 
 	if t.BeforeSnapshot != nil {
 		hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-		if err := t.BeforeSnapshot(ctx, hc, "http://"+net.JoinHostPort(slot.Addr.Addr().String(), "49983")); err != nil {
+		if err := t.BeforeSnapshot(ctx, hc, envdURL(slot.Addr.Addr())); err != nil {
 			return fmt.Errorf("gvisor: prepare template: %w", err)
 		}
 	}
@@ -482,7 +486,7 @@ func WaitEnvd(ctx context.Context, addr netip.Addr) error {
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
-	url := fmt.Sprintf("http://%s/health", netip.AddrPortFrom(addr, EnvdPort))
+	url := envdURL(addr) + "/health"
 	client := &http.Client{
 		Timeout:   500 * time.Millisecond,
 		Transport: &http.Transport{DisableKeepAlives: true},

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"path/filepath"
 	"time"
 
@@ -54,10 +53,6 @@ func (d *Driver) Prespawn(ctx context.Context, t *runtime.Template, slot *networ
 		return nil, fmt.Errorf("gvisor: prespawn: %w; console: %s", err, runtime.TailLog(inst.ConsoleLog(), 10))
 	}
 	return &prespawned{inst: inst, slot: slot, vcpus: t.VCPUs, memory: t.MemoryMB}, nil
-}
-
-func envdURL(addr netip.Addr) string {
-	return "http://" + netip.AddrPortFrom(addr, EnvdPort).String()
 }
 
 func (p *prespawned) Done() <-chan struct{} { return p.inst.done }

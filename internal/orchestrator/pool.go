@@ -22,7 +22,7 @@ import (
 // entry). A create then only claims one and sends its /init.
 //
 // Pooled sandboxes live in <data>/sandboxes/w<hex>/ until claimed (QEMU
-// ones at runtime.PoolNice); reconcile after a crash finds them there like any
+// ones at niceness 15); reconcile after a crash finds them there like any
 // sandbox no record names (by command line, working directory or runsc
 // container) and removes them, so a crash leaks nothing, and Close
 // discards them. <data>/pool/ is where earlier versions kept them; it is

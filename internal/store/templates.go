@@ -280,9 +280,15 @@ func (s *sqlStore) LatestReadyBuild(ctx context.Context, ref, teamID string) (Te
 	if err != nil {
 		return Template{}, TemplateBuild{}, err
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+buildCols+` FROM template_builds
+	// Without a tag (every sandbox create) the newest ready build is the
+	// answer: the database stops at one row.
+	q := `SELECT ` + buildCols + ` FROM template_builds
 		WHERE template_id = ? AND status = ?
-		ORDER BY COALESCE(finished_at, 0) DESC, created_at DESC, id DESC`), t.ID, string(BuildReady))
+		ORDER BY COALESCE(finished_at, 0) DESC, created_at DESC, id DESC`
+	if tag == "" || tag == DefaultTag {
+		q += " LIMIT 1"
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(q), t.ID, string(BuildReady))
 	if err != nil {
 		return Template{}, TemplateBuild{}, fmt.Errorf("latest ready build of %q: %w", ref, err)
 	}

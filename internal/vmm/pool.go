@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,7 +26,7 @@ import (
 // the path of the create's /init (every QEMU process starts with an empty
 // one, and on a TCG host the guest's first run of a code path after a
 // restore is the slowest step of a create: ≈ 90 ms for a first /init against
-// ≈ 10 ms for a second). The pooled QEMU runs at runtime.PoolNice until it
+// ≈ 10 ms for a second). The pooled QEMU runs at poolNice until it
 // is claimed. Such a guest is a
 // clone that has not had its /init yet: it has the template's identity and
 // no access token, and it is reachable only from inside its slot until the
@@ -76,14 +77,20 @@ func (r *Runtime) Prespawn(ctx context.Context, t *runtime.Template, slot *netwo
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("prespawn: %w", err)
 	}
-	if err := runtime.Renice(runtime.PoolNice, inst.pid); err != nil {
+	if err := renice(poolNice, inst.pid); err != nil {
 		r.log.Debug("vmm: renice pooled qemu", "err", err)
 	}
 	p := &Prespawned{r: r, inst: inst, snap: snap, slot: slot}
 	if r.opts.PoolNoRestore {
 		return p, nil
 	}
-	cpuLaunch := cpuTime(inst.pid)
+	// QEMU's own start-up is a large share of a restore's CPU: the debug
+	// line below shows it next to the total.
+	debug := r.log.Enabled(ctx, slog.LevelDebug)
+	var cpuLaunch time.Duration
+	if debug {
+		cpuLaunch = cpuTime(inst.pid)
+	}
 	if err := inst.loadState(ctx, filepath.Join(snap, stateName), true); err != nil {
 		inst.Kill(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("prespawn: %w", withTail(err, dir))
@@ -99,8 +106,9 @@ func (r *Runtime) Prespawn(ctx context.Context, t *runtime.Template, slot *netwo
 		return nil, fmt.Errorf("prespawn: %w", withTail(err, dir))
 	}
 	p.running = true
-	// QEMU's own start-up is a large share of a restore's CPU: log both.
-	r.log.Debug("vmm: prespawned", "dir", dir, "took", time.Since(t0), "cpu", cpuTime(inst.pid), "cpu_qemu_start", cpuLaunch)
+	if debug {
+		r.log.Debug("vmm: prespawned", "dir", dir, "took", time.Since(t0), "cpu", cpuTime(inst.pid), "cpu_qemu_start", cpuLaunch)
+	}
 	return p, nil
 }
 
@@ -141,7 +149,7 @@ func (p *Prespawned) Claim(ctx context.Context, spec runtime.Spec) (runtime.Inst
 	inst.mu.Lock()
 	inst.dir, inst.id = spec.Dir, spec.ID
 	inst.mu.Unlock()
-	if err := runtime.Renice(0, inst.pid); err != nil {
+	if err := renice(0, inst.pid); err != nil {
 		p.r.log.Warn("vmm: renice claimed qemu", "id", spec.ID, "err", err)
 	}
 	if err := p.r.limit(inst); err != nil {

@@ -1,4 +1,4 @@
-package runtime
+package vmm
 
 import (
 	"errors"
@@ -10,15 +10,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// PoolNice is the scheduling niceness of QEMU sandboxes waiting in a warm
+// poolNice is the scheduling niceness of QEMU sandboxes waiting in a warm
 // pool: refilling the pool must not slow down the creates that drain it,
 // which share the same cores. A claimed sandbox goes back to 0.
-const PoolNice = 15
+const poolNice = 15
 
-// Renice sets the niceness of every thread of the processes pids. Linux
+// renice sets the niceness of every thread of the processes pids. Linux
 // keeps a niceness per thread, and a new thread inherits its creator's, so
 // all existing threads are changed.
-func Renice(nice int, pids ...int) error {
+func renice(nice int, pids ...int) error {
 	var errs []error
 	for _, pid := range pids {
 		tasks, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))

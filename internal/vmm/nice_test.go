@@ -1,4 +1,4 @@
-package runtime
+package vmm
 
 import (
 	"os/exec"
@@ -7,7 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestRenice: Renice changes every thread of a process, both ways.
+// TestRenice: renice changes every thread of a process, both ways.
 func TestRenice(t *testing.T) {
 	cmd := exec.Command("sleep", "30")
 	if err := cmd.Start(); err != nil {
@@ -23,15 +23,15 @@ func TestRenice(t *testing.T) {
 		}
 		return 20 - p
 	}
-	for _, want := range []int{PoolNice, 0} {
-		if err := Renice(want, pid); err != nil {
+	for _, want := range []int{poolNice, 0} {
+		if err := renice(want, pid); err != nil {
 			t.Fatal(err)
 		}
 		if got := nice(); got != want {
-			t.Fatalf("after Renice(%d): got niceness %d", want, got)
+			t.Fatalf("after renice(%d): got niceness %d", want, got)
 		}
 	}
-	if err := Renice(0, 1<<22); err == nil {
+	if err := renice(0, 1<<22); err == nil {
 		t.Error("Renice of a missing process succeeded")
 	}
 }
