@@ -584,6 +584,41 @@ func TestRestart(t *testing.T) {
 	}
 }
 
+// TestReconcileRacingCreate: a sandbox that finishes starting while the
+// node's list is on its way is not declared dead by that round.
+func TestReconcileRacingCreate(t *testing.T) {
+	e := newEnv(t, Config{LifecycleInterval: time.Hour, ReconcileInterval: time.Hour})
+	var racer sandboxJSON
+	e.node.mu.Lock()
+	e.node.afterList = func() {
+		e.node.mu.Lock()
+		e.node.afterList = nil
+		e.node.mu.Unlock()
+		racer = e.create(e.keyA, nil)
+	}
+	e.node.mu.Unlock()
+	if err := e.srv.reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if racer.SandboxID == "" {
+		t.Fatal("the node was not listed")
+	}
+	sb, err := e.store.GetSandbox(context.Background(), racer.SandboxID)
+	if err != nil || sb.State != store.StateRunning {
+		t.Errorf("sandbox created during the round: state %q, %v; want running", sb.State, err)
+	}
+	if got := e.node.state(racer.SandboxID); got != orchestratorv1.State_STATE_RUNNING {
+		t.Errorf("on the node: %v, want running", got)
+	}
+	// The next round sees it on both sides and leaves it.
+	if err := e.srv.reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, status := e.info(e.keyA, racer.SandboxID); status != 200 {
+		t.Errorf("after a second round: %d, want 200", status)
+	}
+}
+
 func TestMetricsAndLogs(t *testing.T) {
 	e := newEnv(t, Config{MetricsInterval: 20 * time.Millisecond, LifecycleInterval: time.Hour})
 	sb := e.create(e.keyA, nil)

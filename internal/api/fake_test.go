@@ -22,6 +22,7 @@ type fakeNode struct {
 	calls     []string // "Method sandboxID"
 	badAuth   int
 	failNext  map[string]error // method -> error for the next call
+	afterList func()           // runs after List built its answer, before it returns
 }
 
 func newFakeNode(token string) *fakeNode {
@@ -82,12 +83,16 @@ func (f *fakeNode) List(_ context.Context, req *connect.Request[orchestratorv1.L
 		return nil, err
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	out := &orchestratorv1.ListResponse{}
 	for _, sb := range f.sandboxes {
 		if sb.GetState() == orchestratorv1.State_STATE_RUNNING {
 			out.Sandboxes = append(out.Sandboxes, sb)
 		}
+	}
+	after := f.afterList
+	f.mu.Unlock()
+	if after != nil {
+		after()
 	}
 	return connect.NewResponse(out), nil
 }

@@ -151,6 +151,17 @@ func (s *Server) reconcileNode(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
+	// The store first, the node second: a sandbox the store has running
+	// was on the node before the node was asked, so its absence from the
+	// answer means it is gone. The other order declared a sandbox that
+	// finished starting between the two reads dead (a create's first
+	// request got 404). What changes after the store read is caught by
+	// settle's version check and killOrphan's second look.
+	ours, err := s.sandboxesOn(ctx, node,
+		store.StateCreating, store.StateRunning, store.StatePausing, store.StateResuming)
+	if err != nil {
+		return err
+	}
 	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	resp, err := client.List(nctx, connect.NewRequest(&orchestratorv1.ListRequest{}))
 	cancel()
@@ -160,11 +171,6 @@ func (s *Server) reconcileNode(ctx context.Context, node string) error {
 	onNode := map[string]*orchestratorv1.Sandbox{}
 	for _, n := range resp.Msg.GetSandboxes() {
 		onNode[n.GetSandboxId()] = n
-	}
-	ours, err := s.sandboxesOn(ctx, node,
-		store.StateCreating, store.StateRunning, store.StatePausing, store.StateResuming)
-	if err != nil {
-		return err
 	}
 	known := map[string]bool{}
 	stale := s.now().Add(-s.cfg.NodeTimeout)
