@@ -176,8 +176,9 @@ for combo in $matrix; do
 		rc=${PIPESTATUS[0]}
 	fi
 	tt=$(($(date +%s) - tt0))
-	npass=$(grep -oP '^ℹ pass \K\d+' "$d/test.log" | tail -n1)
-	nfail=$(grep -oP '^ℹ fail \K\d+' "$d/test.log" | tail -n1)
+	# Summed over the test files that ran (server, then templates).
+	npass=$(grep -oP '^ℹ pass \K\d+' "$d/test.log" | awk '{s += $1} END {if (NR) print s}')
+	nfail=$(grep -oP '^ℹ fail \K\d+' "$d/test.log" | awk '{s += $1} END {if (NR) print s}')
 	[[ "$rc" == 0 ]] || { status=FAIL; why="tests failed (exit $rc)"; }
 
 	# The restart test may have replaced the server: stop the one in the pid file.
