@@ -128,13 +128,28 @@ func TestBuildAndBoot(t *testing.T) {
 		t.Errorf("image size: %v, want %d MiB", err, tmpl.DiskMB)
 	}
 
-	boot(t, ctx, tmpl, stub)
+	// A TCG cold boot stalled once in CI with no console output past 1.2 s
+	// of kernel time (under a heavy load, never reproduced in 18 boots
+	// at 3x contention); one stalled boot is retried so the test judges
+	// the image, and the stalled console is kept in the log.
+	if console, stalled := boot(t, ctx, tmpl, stub); stalled {
+		t.Logf("the first boot stalled; retrying once. Its console:\n%s", console)
+		if console, stalled := boot(t, ctx, tmpl, stub); stalled {
+			t.Fatalf("the boot stalled twice; console:\n%s", console)
+		}
+	}
 }
+
+// bootStall is how long a boot may print nothing before cocoon-init's
+// marker before boot gives up on it.
+const bootStall = time.Minute
 
 // boot starts the template under QEMU TCG with a restricted user-mode
 // network (it reaches only the host's loopback through a forwarded port),
 // waits for cocoon-init's marker on the console, then for envd's /health.
-func boot(t *testing.T, ctx context.Context, tmpl *runtime.Template, stub bool) {
+// It reports whether the boot stalled (printed nothing for bootStall
+// before the marker), with the console output.
+func boot(t *testing.T, ctx context.Context, tmpl *runtime.Template, stub bool) (out string, stalled bool) {
 	for _, tool := range []string{"qemu-system-x86_64", "qemu-img"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s not installed: skipping the boot", tool)
@@ -189,6 +204,7 @@ func boot(t *testing.T, ctx context.Context, tmpl *runtime.Template, stub bool) 
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	marker := false
+	printed, grew := 0, time.Now()
 	for !marker {
 		select {
 		case err := <-exited:
@@ -199,6 +215,11 @@ func boot(t *testing.T, ctx context.Context, tmpl *runtime.Template, stub bool) 
 		case <-tick.C:
 			b, _ := os.ReadFile(console)
 			marker = bytes.Contains(b, []byte(guest.ReadyMarker))
+			if len(b) != printed {
+				printed, grew = len(b), time.Now()
+			} else if !marker && time.Since(grew) > bootStall {
+				return string(b), true
+			}
 		}
 	}
 	t.Logf("cocoon-init reached after %v", time.Since(start).Round(time.Millisecond))
@@ -230,6 +251,7 @@ func boot(t *testing.T, ctx context.Context, tmpl *runtime.Template, stub bool) 
 	if !bytes.Contains(b, []byte("cocoon-init: eth0 10.0.2.15/24 via 10.0.2.2")) {
 		t.Error("console lacks cocoon-init's eth0 line")
 	}
+	return string(b), false
 }
 
 // testEnvd returns a static envd to bake in: the real one when cmd/envd
