@@ -68,6 +68,10 @@ type Config struct {
 // Driver is the gVisor implementation of runtime.Runtime.
 type Driver struct {
 	cfg Config
+	// envd is the client for the driver's own envd requests (template
+	// preparation, the pool's warm-up). No keep-alives: a connection left
+	// open would be in the checkpoint, or in the slot's next sandbox.
+	envd *http.Client
 }
 
 var _ runtime.Runtime = (*Driver)(nil)
@@ -99,7 +103,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.ReapplyAddr == nil {
 		cfg.ReapplyAddr = ReapplyAddr
 	}
-	return &Driver{cfg: cfg}, nil
+	return &Driver{cfg: cfg, envd: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}, nil
 }
 
 // Name implements runtime.Runtime.
@@ -286,8 +290,7 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 	}
 
 	if t.BeforeSnapshot != nil {
-		hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-		if err := t.BeforeSnapshot(ctx, hc, envdURL(slot.Addr.Addr())); err != nil {
+		if err := t.BeforeSnapshot(ctx, d.envd, envdURL(slot.Addr.Addr())); err != nil {
 			return fmt.Errorf("gvisor: prepare template: %w", err)
 		}
 	}
@@ -478,7 +481,7 @@ func (d *Driver) remove(ctx context.Context, id string) error {
 	return nil
 }
 
-// WaitEnvd polls envd's GET /health at addr until it answers 204 or ctx
+// WaitEnvd polls envd's GET /health at addr until it answers or ctx
 // ends. Without a deadline in ctx it gives up after 30 s.
 func WaitEnvd(ctx context.Context, addr netip.Addr) error {
 	if _, ok := ctx.Deadline(); !ok {
@@ -486,27 +489,6 @@ func WaitEnvd(ctx context.Context, addr netip.Addr) error {
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
-	url := envdURL(addr) + "/health"
-	client := &http.Client{
-		Timeout:   500 * time.Millisecond,
-		Transport: &http.Transport{DisableKeepAlives: true},
-	}
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return fmt.Errorf("envd health: %w", err)
-		}
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusNoContent {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("envd health at %s: %w", url, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	client := &http.Client{Timeout: 500 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true}}
+	return runtime.WaitHealth(ctx, client, envdURL(addr), 5*time.Millisecond, nil)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"time"
 
@@ -46,7 +45,7 @@ func (d *Driver) Prespawn(ctx context.Context, t *runtime.Template, slot *networ
 	addr := slot.Addr.Addr()
 	err = WaitEnvd(wctx, addr)
 	if err == nil {
-		err = runtime.WarmInit(wctx, &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}, envdURL(addr))
+		err = runtime.WarmInit(wctx, d.envd, envdURL(addr))
 	}
 	if err != nil {
 		inst.Kill(context.WithoutCancel(ctx))

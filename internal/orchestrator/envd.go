@@ -1,14 +1,12 @@
 package orchestrator
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 )
 
@@ -38,32 +36,6 @@ func (o *Orchestrator) envd(addr, token string) *envdClient {
 		token: token,
 		http:  o.envdHTTP,
 	}
-}
-
-// initRequest is envd's POST /init body.
-type initRequest struct {
-	EnvVars     map[string]string `json:"envVars,omitempty"`
-	AccessToken string            `json:"accessToken,omitempty"`
-	Timestamp   string            `json:"timestamp,omitempty"`
-	Hostname    string            `json:"hostname,omitempty"`
-	Seed        []byte            `json:"seed,omitempty"`
-}
-
-func (c *envdClient) init(ctx context.Context, r initRequest) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(ctx, http.MethodPost, "/init", bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return &envdHTTPError{fmt.Sprintf("envd /init: %s: %s", resp.Status, strings.TrimSpace(string(msg)))}
-	}
-	return nil
 }
 
 // Metrics is what envd's GET /metrics reports.

@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cocoon-run/cocoon/internal/envd/initreq"
 	"github.com/cocoon-run/cocoon/internal/network"
 	"github.com/cocoon-run/cocoon/internal/runtime"
 	"github.com/cocoon-run/cocoon/internal/template/base"
@@ -374,7 +375,7 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 	ec := o.envd(addr, p.AccessToken)
 	seed := make([]byte, 64)
 	_, _ = rand.Read(seed)
-	if err := ec.initWhenUp(ctx, o.cfg.EnvdTimeout, inst.Done(), initRequest{
+	if err := ec.initWhenUp(ctx, o.cfg.EnvdTimeout, inst.Done(), initreq.Request{
 		EnvVars:     p.EnvVars,
 		AccessToken: p.AccessToken,
 		Timestamp:   time.Now().UTC().Format(time.RFC3339Nano),

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/cocoon-run/cocoon/internal/envd/initreq"
 )
 
 // initWhenUp sends envd its /init as soon as envd accepts a connection,
@@ -13,7 +15,7 @@ import (
 // same token, clock, seed and variables applied again), so a request lost
 // with its connection is simply sent again. It gives up after timeout or
 // when the sandbox dies; an HTTP error answer from envd is final.
-func (c *envdClient) initWhenUp(ctx context.Context, timeout time.Duration, died <-chan struct{}, r initRequest) error {
+func (c *envdClient) initWhenUp(ctx context.Context, timeout time.Duration, died <-chan struct{}, r initreq.Request) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last error
@@ -22,10 +24,10 @@ func (c *envdClient) initWhenUp(ctx context.Context, timeout time.Duration, died
 		// One attempt must not eat the whole deadline: a request lost while
 		// the restored guest's network comes up would otherwise wait it out.
 		actx, acancel := context.WithTimeout(ctx, initAttemptTimeout)
-		err := c.init(actx, r)
+		err := initreq.Send(actx, c.http, c.base, c.token, r)
 		acancel()
-		var he *envdHTTPError
-		if err == nil || errors.As(err, &he) {
+		var se *initreq.StatusError
+		if err == nil || errors.As(err, &se) {
 			return err
 		}
 		last = err
@@ -45,8 +47,3 @@ func (c *envdClient) initWhenUp(ctx context.Context, timeout time.Duration, died
 // initAttemptTimeout bounds one /init request; envd answers it in
 // milliseconds once its guest runs.
 const initAttemptTimeout = 3 * time.Second
-
-// envdHTTPError is an answer from envd with an error status.
-type envdHTTPError struct{ msg string }
-
-func (e *envdHTTPError) Error() string { return e.msg }

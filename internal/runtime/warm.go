@@ -1,13 +1,13 @@
 package runtime
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/cocoon-run/cocoon/internal/envd/initreq"
 )
 
 // WarmInit sends a pooled sandbox's envd (at base, e.g. "http://ip:49983")
@@ -18,25 +18,9 @@ import (
 func WarmInit(ctx context.Context, c *http.Client, base string) error {
 	seed := make([]byte, 32)
 	_, _ = rand.Read(seed)
-	body, err := json.Marshal(map[string]any{
-		"timestamp": time.Now().UTC().Format(time.RFC3339Nano),
-		"seed":      seed,
-	})
+	err := initreq.Send(ctx, c, base, "", initreq.Request{Timestamp: time.Now().UTC().Format(time.RFC3339Nano), Seed: seed})
 	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/init", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return fmt.Errorf("warm-up /init: %w", err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("warm-up /init: %s", resp.Status)
+		return fmt.Errorf("warm-up: %w", err)
 	}
 	return nil
 }

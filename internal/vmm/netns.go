@@ -92,29 +92,3 @@ func slotPath(slot *network.Slot) string {
 func EnvdURL() string {
 	return "http://" + net.JoinHostPort(network.GuestIP.String(), strconv.Itoa(envdPort))
 }
-
-// WaitHealthy polls envd's /health in the guest until it answers 2xx, the
-// instance's process exits (done), or ctx ends.
-func WaitHealthy(ctx context.Context, slot *network.Slot, done <-chan struct{}) error {
-	c := GuestClient(slot)
-	c.Timeout = time.Second
-	url := EnvdURL() + "/health"
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := c.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode/100 == 2 {
-				return nil
-			}
-			err = fmt.Errorf("status %s", resp.Status)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for envd: %w (last: %v)", ctx.Err(), err)
-		case <-done:
-			return fmt.Errorf("wait for envd: vm exited")
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}

@@ -440,3 +440,11 @@ func (r *Runtime) qemuImgCreate(ctx context.Context, path, backing, format strin
 	}
 	return nil
 }
+
+// WaitHealthy polls envd's /health in the guest until it answers 2xx, the
+// instance's process exits (done), or ctx ends.
+func WaitHealthy(ctx context.Context, slot *network.Slot, done <-chan struct{}) error {
+	c := GuestClient(slot)
+	c.Timeout = time.Second
+	return runtime.WaitHealth(ctx, c, EnvdURL(), 10*time.Millisecond, done)
+}

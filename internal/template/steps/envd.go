@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	processpb "github.com/cocoon-run/cocoon/api/gen/process"
 	"github.com/cocoon-run/cocoon/api/gen/process/processconnect"
+	"github.com/cocoon-run/cocoon/internal/envd/initreq"
 )
 
 // Envd drives one sandbox's envd: processes, file uploads and /init.
@@ -170,30 +170,11 @@ func (e *Envd) Upload(ctx context.Context, path, user string, r io.Reader) error
 	return nil
 }
 
-// Init sends envd's /init: default environment variables and user for
-// every later process.
+// Init sends envd's /init: default environment variables, user and
+// working directory for every later process.
 func (e *Envd) Init(ctx context.Context, env map[string]string, defaultUser, defaultWorkdir string) error {
-	b, err := json.Marshal(map[string]any{"envVars": env, "defaultUser": defaultUser, "defaultWorkdir": defaultWorkdir,
-		"timestamp": time.Now().UTC().Format(time.RFC3339Nano)})
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(e.URL, "/")+"/init", bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	e.header(req.Header, "")
-	resp, err := e.client().Do(req)
-	if err != nil {
-		return fmt.Errorf("envd /init: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("envd /init: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-	}
-	return nil
+	return initreq.Send(ctx, e.client(), e.URL, e.Token, initreq.Request{EnvVars: env, DefaultUser: defaultUser,
+		DefaultWorkdir: defaultWorkdir, Timestamp: time.Now().UTC().Format(time.RFC3339Nano)})
 }
 
 // WaitReady runs the ready command (bash -l -c) every interval until it
