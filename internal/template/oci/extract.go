@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -16,6 +15,21 @@ import (
 // ErrUnsafe marks an archive entry that would write outside the target
 // directory (absolute path, "..", or a link leaving the target).
 var ErrUnsafe = errors.New("unsafe archive entry")
+
+// ErrTooLarge marks an archive holding more than ExtractOptions.MaxBytes.
+var ErrTooLarge = errors.New("archive too large")
+
+// MaxID is the highest owner (uid or gid) an extracted entry keeps: the ids
+// a build sandbox or an image can map. Higher ones become OverflowID.
+const (
+	MaxID      = 65535
+	OverflowID = 65534
+)
+
+// entryOverhead is what each entry counts against MaxBytes besides its
+// data (an inode and a directory entry), so that a flood of empty files is
+// capped too.
+const entryOverhead = 512
 
 // ExtractOptions tune Extract.
 type ExtractOptions struct {
@@ -29,20 +43,33 @@ type ExtractOptions struct {
 	StrictLinks bool
 	// NoOwner skips chown (entries belong to the extracting user).
 	NoOwner bool
-	// MaxBytes caps the total size of regular files (0: no limit).
+	// MaxBytes caps the total size of regular files plus entryOverhead per
+	// entry (0: no limit); more is ErrTooLarge.
 	MaxBytes int64
+	// Skipped (optional) is told about each entry left out: device nodes,
+	// FIFOs and sockets are never created on the host.
+	Skipped func(name, why string)
 }
 
-// Extract unpacks the tar stream r into dir, keeping permissions,
-// ownership, modification times, hard links, symbolic links, device nodes
-// and FIFOs. It never writes outside dir: names are cleaned and refused when
-// absolute or climbing out, no path component inside dir is followed if it
-// is a symbolic link, and hard links must point inside dir.
+// Extract unpacks the tar stream r into dir as untrusted input, keeping
+// permissions (setuid and setgid bits included: the tree is a guest's root
+// filesystem, kept where other host users cannot reach it, see
+// docs/security.md), owners up to MaxID, modification times, hard links and
+// symbolic links. It leaves out device nodes, FIFOs and sockets. It never
+// writes outside dir: every operation goes through an os.Root on dir, names
+// are cleaned and refused when absolute or climbing out, no path component
+// inside dir is followed if it is a symbolic link (not even one the stream
+// itself created), and hard links must point inside dir.
 func Extract(r io.Reader, dir string, opts ExtractOptions) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("extract: %w", err)
 	}
-	x := &extractor{root: dir, opts: opts, layer: map[string]bool{}}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("extract: %w", err)
+	}
+	defer root.Close()
+	x := &extractor{root: root, opts: opts, layer: map[string]bool{}}
 	tr := tar.NewReader(r)
 	var dirs []*tar.Header
 	for {
@@ -60,20 +87,23 @@ func Extract(r io.Reader, dir string, opts ExtractOptions) error {
 			dirs = append(dirs, h)
 		}
 	}
-	// Directory times last: extracting their children changed them.
+	// Directory times last: extracting their children changed them. A
+	// later entry may have replaced the directory by a symbolic link: only
+	// real directories are touched, and never through a link.
 	for i := len(dirs) - 1; i >= 0; i-- {
 		name, _ := CleanName(dirs[i].Name)
-		if name == "" {
+		if name == "" || x.throughLink(name) {
 			continue
 		}
-		p := filepath.Join(dir, name)
-		_ = os.Chtimes(p, dirs[i].ModTime, dirs[i].ModTime)
+		if fi, err := root.Lstat(name); err == nil && fi.IsDir() {
+			_ = root.Chtimes(name, dirs[i].ModTime, dirs[i].ModTime)
+		}
 	}
 	return nil
 }
 
 type extractor struct {
-	root    string
+	root    *os.Root
 	opts    ExtractOptions
 	written int64
 	// layer records the paths this archive created, so that an opaque
@@ -92,6 +122,9 @@ func CleanName(name string) (string, error) {
 			return "", fmt.Errorf("%w: %q climbs out with ..", ErrUnsafe, name)
 		}
 	}
+	if strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("%w: NUL in %q", ErrUnsafe, name)
+	}
 	c := path.Clean(name)
 	if c == "." {
 		return "", nil
@@ -109,27 +142,63 @@ func linkInside(name, target string) bool {
 	return joined != ".." && !strings.HasPrefix(joined, "../")
 }
 
+// throughLink reports whether a directory between the root and rel (not
+// rel itself) is a symbolic link.
+func (x *extractor) throughLink(rel string) bool {
+	parts := strings.Split(rel, "/")
+	for i := 1; i < len(parts); i++ {
+		fi, err := x.root.Lstat(strings.Join(parts[:i], "/"))
+		if err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // safeParent makes sure every directory between root and rel's parent is a
 // real directory (creating missing ones), so nothing is written through a
 // symbolic link.
 func (x *extractor) safeParent(rel string) error {
 	parts := strings.Split(rel, "/")
-	p := x.root
-	for _, part := range parts[:len(parts)-1] {
-		p = filepath.Join(p, part)
-		fi, err := os.Lstat(p)
+	for i := 1; i < len(parts); i++ {
+		p := strings.Join(parts[:i], "/")
+		fi, err := x.root.Lstat(p)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
-			if err := os.Mkdir(p, 0o755); err != nil {
+			if err := x.root.Mkdir(p, 0o755); err != nil {
 				return fmt.Errorf("extract: %w", err)
 			}
 		case err != nil:
 			return fmt.Errorf("extract: %w", err)
 		case fi.Mode()&os.ModeSymlink != 0:
-			return fmt.Errorf("%w: %q goes through the symbolic link %q", ErrUnsafe, rel, strings.TrimPrefix(p, x.root+"/"))
+			return fmt.Errorf("%w: %q goes through the symbolic link %q", ErrUnsafe, rel, p)
 		case !fi.IsDir():
-			return fmt.Errorf("extract: %q: %q is not a directory", rel, strings.TrimPrefix(p, x.root+"/"))
+			return fmt.Errorf("extract: %q: %q is not a directory", rel, p)
 		}
+	}
+	return nil
+}
+
+// charge counts n bytes of the archive against MaxBytes.
+func (x *extractor) charge(n int64) error {
+	x.written += n + entryOverhead
+	if x.opts.MaxBytes > 0 && x.written > x.opts.MaxBytes {
+		return fmt.Errorf("extract: %w: more than %d bytes", ErrTooLarge, x.opts.MaxBytes)
+	}
+	return nil
+}
+
+// ownerID maps an archive's uid or gid to the one the host tree keeps.
+func ownerID(id int) int {
+	if id < 0 || id > MaxID {
+		return OverflowID
+	}
+	return id
+}
+
+func (x *extractor) skip(name, why string) error {
+	if x.opts.Skipped != nil {
+		x.opts.Skipped(name, why)
 	}
 	return nil
 }
@@ -139,12 +208,25 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	size := int64(0)
+	if h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeRegA {
+		size = h.Size
+	}
+	if err := x.charge(size); err != nil {
+		return err
+	}
 	if rel == "" {
 		if h.Typeflag == tar.TypeDir && !x.opts.NoOwner {
-			_ = os.Chmod(x.root, os.FileMode(h.Mode)&os.ModePerm|modeBits(h.Mode))
-			_ = os.Lchown(x.root, h.Uid, h.Gid)
+			_ = x.root.Chmod(".", os.FileMode(h.Mode)&os.ModePerm|modeBits(h.Mode))
+			_ = x.root.Lchown(".", ownerID(h.Uid), ownerID(h.Gid))
 		}
 		return nil
+	}
+	switch h.Typeflag {
+	case tar.TypeChar, tar.TypeBlock:
+		return x.skip(rel, "device node")
+	case tar.TypeFifo:
+		return x.skip(rel, "FIFO")
 	}
 	if err := x.safeParent(rel); err != nil {
 		return err
@@ -152,54 +234,37 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 	base := path.Base(rel)
 	dirRel := path.Dir(rel)
 	if x.opts.Whiteouts && strings.HasPrefix(base, ".wh.") {
-		target := filepath.Join(x.root, dirRel)
 		if base == ".wh..wh..opq" {
-			ents, err := os.ReadDir(target)
-			if err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("extract: opaque %s: %w", dirRel, err)
-			}
-			for _, e := range ents {
-				child := path.Join(dirRel, e.Name())
-				if dirRel == "." {
-					child = e.Name()
-				}
-				if !x.layer[child] {
-					if err := os.RemoveAll(filepath.Join(target, e.Name())); err != nil {
-						return fmt.Errorf("extract: opaque %s: %w", dirRel, err)
-					}
-				}
-			}
-			return nil
+			return x.opaque(dirRel)
 		}
-		if err := os.RemoveAll(filepath.Join(target, strings.TrimPrefix(base, ".wh."))); err != nil {
+		victim := path.Join(dirRel, strings.TrimPrefix(base, ".wh."))
+		if _, err := CleanName(victim); err != nil || victim == "." {
+			return fmt.Errorf("%w: whiteout %q", ErrUnsafe, rel)
+		}
+		if err := x.root.RemoveAll(victim); err != nil {
 			return fmt.Errorf("extract: whiteout %s: %w", rel, err)
 		}
 		return nil
 	}
-	p := filepath.Join(x.root, rel)
 	x.layer[rel] = true
 	// A later entry replaces an earlier one, except directory over directory.
-	if fi, err := os.Lstat(p); err == nil && !(fi.IsDir() && h.Typeflag == tar.TypeDir) {
-		if err := os.RemoveAll(p); err != nil {
+	if fi, err := x.root.Lstat(rel); err == nil && !(fi.IsDir() && h.Typeflag == tar.TypeDir) {
+		if err := x.root.RemoveAll(rel); err != nil {
 			return fmt.Errorf("extract: replace %s: %w", rel, err)
 		}
 	}
 	mode := os.FileMode(h.Mode) & os.ModePerm
 	switch h.Typeflag {
 	case tar.TypeDir:
-		if err := os.Mkdir(p, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := x.root.Mkdir(rel, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("extract: %w", err)
 		}
 	case tar.TypeReg, tar.TypeRegA:
-		x.written += h.Size
-		if x.opts.MaxBytes > 0 && x.written > x.opts.MaxBytes {
-			return fmt.Errorf("extract: more than %d bytes of files", x.opts.MaxBytes)
-		}
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		f, err := x.root.OpenFile(rel, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o600)
 		if err != nil {
 			return fmt.Errorf("extract: %w", err)
 		}
-		_, err = io.Copy(f, r)
+		_, err = io.Copy(f, io.LimitReader(r, h.Size))
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -210,7 +275,7 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		if x.opts.StrictLinks && !linkInside(rel, h.Linkname) {
 			return fmt.Errorf("%w: symbolic link %q -> %q leaves the target", ErrUnsafe, rel, h.Linkname)
 		}
-		if err := os.Symlink(h.Linkname, p); err != nil {
+		if err := x.root.Symlink(h.Linkname, rel); err != nil {
 			return fmt.Errorf("extract: %w", err)
 		}
 	case tar.TypeLink:
@@ -221,42 +286,69 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		if err := x.safeParent(target); err != nil {
 			return err
 		}
-		if err := os.Link(filepath.Join(x.root, target), p); err != nil {
+		if fi, err := x.root.Lstat(target); err == nil && !fi.Mode().IsRegular() && fi.Mode()&os.ModeSymlink == 0 {
+			return fmt.Errorf("%w: hard link %q -> %q: not a file", ErrUnsafe, rel, h.Linkname)
+		}
+		if err := x.root.Link(target, rel); err != nil {
 			return fmt.Errorf("extract: hard link %s: %w", rel, err)
 		}
 		return nil // the link shares the target's inode and metadata
-	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		m := uint32(mode)
-		switch h.Typeflag {
-		case tar.TypeChar:
-			m |= unix.S_IFCHR
-		case tar.TypeBlock:
-			m |= unix.S_IFBLK
-		default:
-			m |= unix.S_IFIFO
-		}
-		if err := unix.Mknod(p, m, int(unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor)))); err != nil {
-			return fmt.Errorf("extract: mknod %s: %w", rel, err)
-		}
 	case tar.TypeXGlobalHeader:
 		return nil
 	default:
-		return nil // unknown kinds (e.g. sparse GNU extensions) are skipped
+		return x.skip(rel, fmt.Sprintf("entry type %q", h.Typeflag))
 	}
 	if !x.opts.NoOwner {
-		if err := os.Lchown(p, h.Uid, h.Gid); err != nil {
+		if err := x.root.Lchown(rel, ownerID(h.Uid), ownerID(h.Gid)); err != nil {
 			return fmt.Errorf("extract: chown %s: %w", rel, err)
 		}
 	}
 	if h.Typeflag != tar.TypeSymlink {
-		// After chown, which clears setuid/setgid bits.
-		if err := os.Chmod(p, mode|modeBits(h.Mode)); err != nil {
+		// After chown, which clears setuid/setgid bits. rel is a real file
+		// or directory here (created above, never through a link).
+		if err := x.root.Chmod(rel, mode|modeBits(h.Mode)); err != nil {
 			return fmt.Errorf("extract: chmod %s: %w", rel, err)
 		}
-		_ = os.Chtimes(p, h.ModTime, h.ModTime)
+		_ = x.root.Chtimes(rel, h.ModTime, h.ModTime)
 	} else {
-		ts := []unix.Timespec{unix.NsecToTimespec(h.ModTime.UnixNano()), unix.NsecToTimespec(h.ModTime.UnixNano())}
-		_ = unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+		x.symlinkTime(rel, h)
+	}
+	return nil
+}
+
+// symlinkTime sets a symbolic link's own modification time, through a
+// descriptor of its parent directory (opened inside the root).
+func (x *extractor) symlinkTime(rel string, h *tar.Header) {
+	d, err := x.root.Open(path.Dir(rel))
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	ts := []unix.Timespec{unix.NsecToTimespec(h.ModTime.UnixNano()), unix.NsecToTimespec(h.ModTime.UnixNano())}
+	_ = unix.UtimesNanoAt(int(d.Fd()), path.Base(rel), ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// opaque empties dirRel of what lower layers put there.
+func (x *extractor) opaque(dirRel string) error {
+	d, err := x.root.Open(dirRel)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("extract: opaque %s: %w", dirRel, err)
+	}
+	ents, err := d.ReadDir(-1)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("extract: opaque %s: %w", dirRel, err)
+	}
+	for _, e := range ents {
+		child := path.Join(dirRel, e.Name())
+		if !x.layer[child] {
+			if err := x.root.RemoveAll(child); err != nil {
+				return fmt.Errorf("extract: opaque %s: %w", dirRel, err)
+			}
+		}
 	}
 	return nil
 }
@@ -276,7 +368,6 @@ func modeBits(m int64) os.FileMode {
 	}
 	return out
 }
-
 // CheckArchive reads a whole tar stream and refuses it if any entry is
 // unsafe to extract into a directory (see Extract with StrictLinks), or if
 // it holds more than maxBytes of files (0: no limit). It returns the number
