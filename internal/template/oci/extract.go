@@ -368,6 +368,7 @@ func modeBits(m int64) os.FileMode {
 	}
 	return out
 }
+
 // CheckArchive reads a whole tar stream and refuses it if any entry is
 // unsafe to extract into a directory (see Extract with StrictLinks), or if
 // it holds more than maxBytes of files (0: no limit). It returns the number
