@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cocoon-run/cocoon/internal/datadir"
 	"github.com/cocoon-run/cocoon/internal/gvisor"
 	"github.com/cocoon-run/cocoon/internal/runtime"
 	"github.com/cocoon-run/cocoon/internal/vmm"
@@ -133,8 +134,10 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return fmt.Errorf("create data dir: %w", err)
+	// Private to Cocoon's user: the database, tokens, template trees with
+	// setuid files, snapshots and logs live here (docs/security.md).
+	if err := datadir.Secure(dataDir, log); err != nil {
+		return err
 	}
 	nodeToken := os.Getenv("COCOON_NODE_TOKEN")
 	if nodeToken == "" {
@@ -262,7 +265,8 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 				return err
 			}
 			if created {
-				fmt.Fprintf(os.Stderr, "cocoon: generated the admin token (for `cocoon team` and `cocoon key`): %s\n  it is kept in %s\n", adminToken, filepath.Join(dataDir, "admin.token"))
+				// The token itself never goes to the output or the logs.
+				fmt.Fprintf(os.Stderr, "cocoon: generated the admin token (for `cocoon team` and `cocoon key`) into %s (mode 0600)\n", filepath.Join(dataDir, "admin.token"))
 			}
 		}
 		if withAPI {

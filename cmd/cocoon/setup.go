@@ -2,22 +2,28 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os/exec"
 
 	"github.com/spf13/cobra"
 
+	"github.com/cocoon-run/cocoon/internal/datadir"
 	"github.com/cocoon-run/cocoon/internal/gvisor"
 )
 
 // newSetupCmd is `cocoon setup`: what a node needs besides host packages.
-// Today that is gVisor's runsc, built from the Go module proxy at a pinned
-// version into <data-dir>/bin.
+// It makes the data dir private (0700), then installs gVisor's runsc,
+// built from the Go module proxy at a pinned version into <data-dir>/bin.
 func newSetupCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "setup",
 		Short: "Install the node's runtimes into the data dir (runsc for gVisor) and report what this host can run",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
+			if err := datadir.Secure(g.dataDir, slog.Default()); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "data:   %s (mode 0700)\n", g.dataDir)
 			if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 				fmt.Fprintln(out, "qemu:   not installed (apt-get install -y qemu-system-x86 qemu-utils)")
 			} else {

@@ -205,6 +205,11 @@ func beforeSnapshot(p BuildParams, progress func(string)) func(context.Context, 
 // makeLayer fills dir with a root filesystem tree (rootfs/) and its ext4
 // image from p's source.
 func (o *Orchestrator) makeLayer(ctx context.Context, p BuildParams, parent *runtime.Template, dir string, progress func(string)) error {
+	// The layer holds a guest's root filesystem with its setuid files:
+	// no other host user may reach into it (see docs/security.md).
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
 	tree := filepath.Join(dir, base.RootfsDir)
 	switch {
 	case p.ParentRootfs:
@@ -236,7 +241,8 @@ func (o *Orchestrator) makeLayer(ctx context.Context, p BuildParams, parent *run
 			return err
 		}
 	case p.SandboxID != "":
-		if err := o.exportSandbox(ctx, p.SandboxID, tree, progress); err != nil {
+		maxBytes := int64(orDefault(p.DiskMB, parent.DiskMB)) << 20
+		if err := o.exportSandbox(ctx, p.SandboxID, tree, maxBytes, progress); err != nil {
 			return err
 		}
 		if err := writeProfile(tree, p.Env); err != nil {
@@ -258,8 +264,11 @@ func (o *Orchestrator) makeLayer(ctx context.Context, p BuildParams, parent *run
 }
 
 // exportSandbox streams the root filesystem of a running build sandbox out
-// through its envd (tar, as root) and unpacks it into tree.
-func (o *Orchestrator) exportSandbox(ctx context.Context, id, tree string, progress func(string)) error {
+// through its envd (tar, as root) and unpacks it into tree. The stream is
+// the tenant's: oci.Extract treats it as untrusted (no device nodes, no
+// writes through links, owners up to 65535) and refuses more than maxBytes,
+// the template's disk size.
+func (o *Orchestrator) exportSandbox(ctx context.Context, id, tree string, maxBytes int64, progress func(string)) error {
 	sb, err := o.Get(ctx, id)
 	if err != nil {
 		return err
@@ -272,7 +281,12 @@ func (o *Orchestrator) exportSandbox(ctx context.Context, id, tree string, progr
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		err := oci.Extract(pr, tree, oci.ExtractOptions{})
+		skipped := 0
+		err := oci.Extract(pr, tree, oci.ExtractOptions{MaxBytes: maxBytes, Skipped: func(name, why string) {
+			if skipped++; skipped <= 10 {
+				progress(fmt.Sprintf("rootfs: left out %s (%s)", name, why))
+			}
+		}})
 		if err == nil {
 			// tar pads its last record with zeros after the end marker.
 			_, _ = io.Copy(io.Discard, pr)

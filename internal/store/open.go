@@ -47,7 +47,12 @@ func Open(ctx context.Context, dsn string) (Store, error) {
 		if path == "" || strings.ContainsRune(path, '?') {
 			return nil, fmt.Errorf("open store: bad sqlite path %q", path)
 		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		// The database holds tenants' data: only Cocoon's user reads it.
+		// SQLite gives its -wal and -shm files the database file's mode.
+		if err := privateFile(path); err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
 		}
 		// Immediate transactions take the write lock up front, so concurrent
@@ -190,6 +195,24 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit migrations: %w", err)
+	}
+	return nil
+}
+
+// privateFile creates path (mode 0600) when missing, and narrows an
+// existing file with group or other bits to 0600.
+func privateFile(path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return f.Chmod(0o600)
 	}
 	return nil
 }
