@@ -378,11 +378,18 @@ func (b *buildRun) log(step int, level, msg string) {
 
 // runBuild runs a build to ready or error.
 func (s *Server) runBuild(team string, t store.Template, b store.TemplateBuild, spec steps.Spec) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.BuildTimeout)
+	// The build's time limit is a timer that cancels it, not a deadline in
+	// ctx: a deadline travels to the node with each call, whose own copy can
+	// fire first and come back as the node's DeadlineExceeded while ours has
+	// not, so the reason depended on which fired first. The timer alone
+	// decides whether the build timed out.
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	timer := time.AfterFunc(s.cfg.BuildTimeout, cancel)
 	run := &buildRun{s: s, team: team, tmpl: t, build: b, spec: spec}
 	start := s.now()
 	dir, runtimes, err := run.do(ctx)
+	timedOut := !timer.Stop()
 	b.FinishedAt = s.now()
 	if err != nil {
 		var se *steps.StepError
@@ -390,9 +397,10 @@ func (s *Server) runBuild(team string, t store.Template, b store.TemplateBuild, 
 		if errors.As(err, &se) {
 			step = strconv.Itoa(se.Step)
 		}
-		// The node's error may arrive before our own deadline's does.
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			err = fmt.Errorf("build timed out after %s: %w", s.cfg.BuildTimeout, err)
+		if timedOut {
+			// What the cancelled call says ("canceled: context canceled")
+			// adds nothing; the step, if any, is kept below.
+			err = fmt.Errorf("build timed out after %s", s.cfg.BuildTimeout)
 		}
 		run.log(0, "error", "build failed: "+err.Error())
 		b.Status, b.Reason = store.BuildError, err.Error()

@@ -5,7 +5,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,9 +58,16 @@ func TestStreamEndIsOneWrite(t *testing.T) {
 	})
 	client := processconnect.NewProcessClient(srv.Client(), srv.URL, connect.WithProtoJSON())
 
+	// The command waits on a FIFO until the writes before its end are
+	// counted: "exit 3" alone can end, and its end be written, before the
+	// client has read the start event.
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := syscall.Mkfifo(gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := client.Start(ctx, connect.NewRequest(sh("exit 3")))
+	s, err := client.Start(ctx, connect.NewRequest(sh("read _ < "+gate+"; exit 3")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,6 +76,15 @@ func TestStreamEndIsOneWrite(t *testing.T) {
 		t.Fatalf("no start event: %v", s.Err())
 	}
 	before := writes.Load()
+	// O_RDWR does not wait for the reader; the line waits in the pipe.
+	f, err := os.OpenFile(gate, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("go\n"); err != nil {
+		t.Fatal(err)
+	}
 	var events int
 	for s.Receive() {
 		events++
