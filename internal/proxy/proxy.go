@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -52,6 +53,77 @@ type Proxy struct {
 	domain   string
 	log      *slog.Logger
 	rp       *httputil.ReverseProxy
+
+	mu       sync.Mutex
+	inflight map[string]map[*flight]struct{} // by sandbox ID
+	dead     map[string]string               // sandbox ID -> reason (see Fail)
+	deadFIFO []string                        // dead, oldest first, to bound it
+}
+
+// flight is one request being proxied.
+type flight struct{ cancel context.CancelCauseFunc }
+
+// maxDead bounds the sandboxes Fail remembers; older ones are answered by
+// the resolver (the store says dead: 404).
+const maxDead = 4096
+
+// deadError is why a request to a dead sandbox failed.
+type deadError struct{ id, reason string }
+
+func (e *deadError) Error() string {
+	return fmt.Sprintf("sandbox %q is dead: %s", e.id, e.reason)
+}
+
+// Fail ends every request in flight to sandbox id, streams included, and
+// answers the ones that follow with 502 naming the sandbox and reason: its
+// runtime died, and a connection to its address would hang rather than
+// fail (nothing answers there any more, not even with a reset).
+func (p *Proxy) Fail(id, reason string) {
+	err := &deadError{id: id, reason: reason}
+	p.mu.Lock()
+	if _, ok := p.dead[id]; !ok {
+		p.deadFIFO = append(p.deadFIFO, id)
+		if len(p.deadFIFO) > maxDead {
+			delete(p.dead, p.deadFIFO[0])
+			p.deadFIFO = p.deadFIFO[1:]
+		}
+	}
+	p.dead[id] = reason
+	flights := p.inflight[id]
+	delete(p.inflight, id)
+	p.mu.Unlock()
+	for f := range flights {
+		f.cancel(err)
+	}
+	if len(flights) > 0 {
+		p.log.Info("failed requests in flight to a dead sandbox", "sandbox", id, "reason", reason, "requests", len(flights))
+	}
+}
+
+// track registers a request to sandbox id; it returns the request's
+// context, cancelled by Fail, and the function that ends the tracking.
+// A sandbox already known dead gives its error instead.
+func (p *Proxy) track(ctx context.Context, id string) (context.Context, func(), error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if reason, ok := p.dead[id]; ok {
+		return nil, nil, &deadError{id: id, reason: reason}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	f := &flight{cancel: cancel}
+	if p.inflight[id] == nil {
+		p.inflight[id] = map[*flight]struct{}{}
+	}
+	p.inflight[id][f] = struct{}{}
+	return ctx, func() {
+		p.mu.Lock()
+		delete(p.inflight[id], f)
+		if len(p.inflight[id]) == 0 {
+			delete(p.inflight, id)
+		}
+		p.mu.Unlock()
+		cancel(nil)
+	}, nil
 }
 
 type targetKey struct{}
@@ -67,7 +139,8 @@ func New(r Resolver, domain string, log *slog.Logger) *Proxy {
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Proxy{resolver: r, domain: strings.TrimPrefix(domain, "."), log: log}
+	p := &Proxy{resolver: r, domain: strings.TrimPrefix(domain, "."), log: log,
+		inflight: map[string]map[*flight]struct{}{}, dead: map[string]string{}}
 	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
 	transport := &http.Transport{
 		// Idle connections are pooled per sandbox and address (the URL's
@@ -95,6 +168,11 @@ func New(r Resolver, domain string, log *slog.Logger) *Proxy {
 		Transport:     transport,
 		FlushInterval: -1, // stream everything as it comes
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			var dead *deadError
+			if errors.As(context.Cause(r.Context()), &dead) {
+				writeError(w, http.StatusBadGateway, dead.Error())
+				return
+			}
 			p.log.Debug("proxy upstream error", "err", err)
 			writeError(w, http.StatusBadGateway, "the sandbox did not answer on this port: "+err.Error())
 		},
@@ -142,7 +220,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	t, err := p.resolver.Resolve(r.Context(), id)
+	ctx, done, err := p.track(r.Context(), id)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, err.Error())
+		return
+	}
+	defer done()
+	t, err := p.resolver.Resolve(ctx, id)
 	addr := t.Addr
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -158,7 +242,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	host := net.JoinHostPort(addr, strconv.Itoa(port))
 	key := net.JoinHostPort(fmt.Sprintf("%s.%d.%s", strings.ToLower(id), t.Epoch,
 		strings.NewReplacer(".", "-", ":", "-").Replace(addr)), strconv.Itoa(port))
-	ctx := context.WithValue(r.Context(), targetKey{}, target{host: host, key: key})
+	ctx = context.WithValue(ctx, targetKey{}, target{host: host, key: key})
 	// The sandbox may answer (a Connect stream starts) before the transport
 	// has finished with the request body; an HTTP/1 server closes the inbound
 	// body when the response starts, the transport's last read of it fails
