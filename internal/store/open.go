@@ -34,7 +34,7 @@ const (
 //   - sqlite:///abs/path/cocoon.db, sqlite:rel/path.db, or a bare file path
 //     selects SQLite, in WAL mode with a busy timeout and foreign keys on. The
 //     parent directory is created if missing.
-func Open(ctx context.Context, dsn string) (Store, error) {
+func Open(ctx context.Context, dsn string, opts ...Option) (Store, error) {
 	var (
 		d          dialect
 		driver, ds string
@@ -65,6 +65,12 @@ func Open(ctx context.Context, dsn string) (Store, error) {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	s := &sqlStore{db: db, d: d}
+	for _, o := range opts {
+		if err := o(s); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+	}
 	// A new SQLite connection switches to WAL mode as it opens; when another
 	// process is doing the same, that pragma fails at once with SQLITE_BUSY
 	// (the busy timeout does not cover it), so retry a few times.
@@ -80,6 +86,9 @@ func Open(ctx context.Context, dsn string) (Store, error) {
 			continue
 		}
 		break
+	}
+	if err == nil {
+		err = s.sealPlaintext(ctx)
 	}
 	if err != nil {
 		db.Close()

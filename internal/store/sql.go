@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/cipher"
 	"database/sql"
 	"encoding/base64"
 	"encoding/json"
@@ -16,6 +17,8 @@ import (
 type sqlStore struct {
 	db *sql.DB
 	d  dialect
+	// aead encrypts secret columns (see secrets.go); nil stores them as they are.
+	aead cipher.AEAD
 }
 
 // q rewrites the '?' placeholders of query for the dialect. Queries must not
@@ -257,9 +260,9 @@ func (s *sqlStore) DeleteAPIKey(ctx context.Context, teamID, id string) error {
 const sandboxCols = "id, team_id, node_id, template_id, build_id, alias, runtime, state, state_reason, " +
 	"cpu_count, memory_mb, disk_mb, metadata, env_vars, envd_access_token, traffic_access_token, envd_version, " +
 	"started_at, end_at, on_timeout, auto_resume, allow_internet_access, allow_out, deny_out, node_data, snapshot_uri, " +
-	"updated_at, version"
+	"require_traffic_token, updated_at, version"
 
-func scanSandbox(sc scanner) (Sandbox, error) {
+func (s *sqlStore) scanSandbox(sc scanner) (Sandbox, error) {
 	var (
 		sb                          Sandbox
 		md, ev, ao, do, nd          string
@@ -268,9 +271,14 @@ func scanSandbox(sc scanner) (Sandbox, error) {
 	err := sc.Scan(&sb.ID, &sb.TeamID, &sb.NodeID, &sb.TemplateID, &sb.BuildID, &sb.Alias, &sb.Runtime, &sb.State, &sb.StateReason,
 		&sb.CPUCount, &sb.MemoryMB, &sb.DiskMB, &md, &ev, &sb.EnvdAccessToken, &sb.TrafficAccessToken, &sb.EnvdVersion,
 		&startedAt, &endAt, &sb.OnTimeout, &sb.AutoResume, &sb.AllowInternetAccess, &ao, &do, &nd, &sb.SnapshotURI,
-		&updatedAt, &sb.Version)
+		&sb.RequireTrafficToken, &updatedAt, &sb.Version)
 	if err != nil {
 		return Sandbox{}, err
+	}
+	for _, v := range []*string{&ev, &sb.EnvdAccessToken, &sb.TrafficAccessToken} {
+		if *v, err = s.unseal(*v); err != nil {
+			return Sandbox{}, fmt.Errorf("decode sandbox %s: %w", sb.ID, err)
+		}
 	}
 	for _, f := range []struct {
 		src string
@@ -286,8 +294,8 @@ func scanSandbox(sc scanner) (Sandbox, error) {
 }
 
 // sandboxArgs returns the values of every column but id, team_id, updated_at
-// and version, in sandboxCols order.
-func sandboxArgs(sb *Sandbox) ([]any, error) {
+// and version, in sandboxCols order; secret ones sealed.
+func (s *sqlStore) sandboxArgs(sb *Sandbox) ([]any, error) {
 	md, err := mapText(sb.Metadata)
 	if err != nil {
 		return nil, err
@@ -295,6 +303,12 @@ func sandboxArgs(sb *Sandbox) ([]any, error) {
 	ev, err := mapText(sb.EnvVars)
 	if err != nil {
 		return nil, err
+	}
+	var sealed [3]string
+	for i, v := range []string{ev, sb.EnvdAccessToken, sb.TrafficAccessToken} {
+		if sealed[i], err = s.seal(v); err != nil {
+			return nil, err
+		}
 	}
 	ao, err := listText(sb.AllowOut)
 	if err != nil {
@@ -305,13 +319,13 @@ func sandboxArgs(sb *Sandbox) ([]any, error) {
 		return nil, err
 	}
 	return []any{sb.NodeID, sb.TemplateID, sb.BuildID, sb.Alias, sb.Runtime, string(sb.State), sb.StateReason,
-		sb.CPUCount, sb.MemoryMB, sb.DiskMB, md, ev, sb.EnvdAccessToken, sb.TrafficAccessToken, sb.EnvdVersion,
+		sb.CPUCount, sb.MemoryMB, sb.DiskMB, md, sealed[0], sealed[1], sealed[2], sb.EnvdVersion,
 		micros(sb.StartedAt), micros(sb.EndAt), string(sb.OnTimeout), sb.AutoResume, sb.AllowInternetAccess, ao, do,
-		rawText(sb.NodeData), sb.SnapshotURI}, nil
+		rawText(sb.NodeData), sb.SnapshotURI, sb.RequireTrafficToken}, nil
 }
 
 func (s *sqlStore) CreateSandbox(ctx context.Context, sb *Sandbox) error {
-	args, err := sandboxArgs(sb)
+	args, err := s.sandboxArgs(sb)
 	if err != nil {
 		return fmt.Errorf("create sandbox %s: %w", sb.ID, err)
 	}
@@ -327,7 +341,7 @@ func (s *sqlStore) CreateSandbox(ctx context.Context, sb *Sandbox) error {
 }
 
 func (s *sqlStore) GetSandbox(ctx context.Context, id string) (Sandbox, error) {
-	sb, err := scanSandbox(s.db.QueryRowContext(ctx, s.q("SELECT "+sandboxCols+" FROM sandboxes WHERE id = ?"), id))
+	sb, err := s.scanSandbox(s.db.QueryRowContext(ctx, s.q("SELECT "+sandboxCols+" FROM sandboxes WHERE id = ?"), id))
 	if errors.Is(err, sql.ErrNoRows) {
 		err = ErrNotFound
 	}
@@ -351,7 +365,7 @@ func (s *sqlStore) missingOr(ctx context.Context, table, id string, conflict err
 }
 
 func (s *sqlStore) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
-	args, err := sandboxArgs(sb)
+	args, err := s.sandboxArgs(sb)
 	if err != nil {
 		return fmt.Errorf("update sandbox %s: %w", sb.ID, err)
 	}
@@ -361,7 +375,7 @@ func (s *sqlStore) UpdateSandbox(ctx context.Context, sb *Sandbox) error {
 		runtime = ?, state = ?, state_reason = ?, cpu_count = ?, memory_mb = ?, disk_mb = ?, metadata = ?, env_vars = ?,
 		envd_access_token = ?, traffic_access_token = ?, envd_version = ?, started_at = ?, end_at = ?, on_timeout = ?,
 		auto_resume = ?, allow_internet_access = ?, allow_out = ?, deny_out = ?, node_data = ?, snapshot_uri = ?,
-		updated_at = ?, version = version + 1
+		require_traffic_token = ?, updated_at = ?, version = version + 1
 		WHERE id = ? AND version = ?`), args...)
 	if err != nil {
 		return fmt.Errorf("update sandbox %s: %w", sb.ID, err)
@@ -387,7 +401,7 @@ func (s *sqlStore) SetSandboxState(ctx context.Context, id string, from []Sandbo
 			args = append(args, string(st))
 		}
 	}
-	sb, err := scanSandbox(s.db.QueryRowContext(ctx, s.q(query+" RETURNING "+sandboxCols), args...))
+	sb, err := s.scanSandbox(s.db.QueryRowContext(ctx, s.q(query+" RETURNING "+sandboxCols), args...))
 	if errors.Is(err, sql.ErrNoRows) {
 		err = s.missingOr(ctx, "sandboxes", id, ErrConflict)
 	}
@@ -507,7 +521,7 @@ func (s *sqlStore) querySandboxes(ctx context.Context, query string, args ...any
 	defer rows.Close()
 	var out []Sandbox
 	for rows.Next() {
-		sb, err := scanSandbox(rows)
+		sb, err := s.scanSandbox(rows)
 		if err != nil {
 			return nil, err
 		}

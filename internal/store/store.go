@@ -204,6 +204,9 @@ type Sandbox struct {
 	AllowInternetAccess bool
 	AllowOut            []string
 	DenyOut             []string
+	// RequireTrafficToken: created with network.allowPublicTraffic = false;
+	// the proxy demands TrafficAccessToken on every port.
+	RequireTrafficToken bool
 
 	// NodeData is free-form JSON owned by the node (slot, host address...).
 	NodeData json.RawMessage

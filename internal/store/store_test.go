@@ -35,6 +35,7 @@ func TestStore(t *testing.T) {
 		{"Builds", testBuilds},
 		{"TemplateFiles", testTemplateFiles},
 		{"Metrics", testMetrics},
+		{"SecretsAtRest", testSecretsAtRest},
 	}
 	run := func(t *testing.T, b backend) {
 		for _, c := range suite {
@@ -58,9 +59,9 @@ func TestStore(t *testing.T) {
 	})
 }
 
-func open(t *testing.T, dsn string) Store {
+func open(t *testing.T, dsn string, opts ...Option) Store {
 	t.Helper()
-	s, err := Open(t.Context(), dsn)
+	s, err := Open(t.Context(), dsn, opts...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
