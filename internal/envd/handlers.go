@@ -105,9 +105,9 @@ func (s *Server) init(w http.ResponseWriter, r *http.Request) {
 	if len(seed) > 0 {
 		s.systemErr("reseed rng", s.sys.AddEntropy(seed))
 	}
-	if req.Hostname != "" {
-		s.systemErr("set hostname", s.sys.SetHostname(req.Hostname))
-	}
+	// Always: a clone keeps the template's hostname when /init names none,
+	// and /etc/hosts must resolve it either way.
+	s.systemErr("set hostname", s.sys.SetHostname(req.Hostname))
 
 	if len(req.EnvVars) > 0 {
 		s.sess.MergeEnvs(req.EnvVars)

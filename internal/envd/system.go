@@ -1,9 +1,13 @@
 package envd
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -14,6 +18,9 @@ import (
 // share their clock, RNG state and hostname; /init makes each one unique.
 type System interface {
 	SetClock(t time.Time) error
+	// SetHostname sets the hostname (empty name: keeps the current one)
+	// and maps it to 127.0.1.1 in /etc/hosts, so tools that resolve their
+	// own host (sudo) find it.
 	SetHostname(name string) error
 	// AddEntropy mixes seed into the kernel RNG and credits it.
 	AddEntropy(seed []byte) error
@@ -32,10 +39,52 @@ func (hostSystem) SetClock(t time.Time) error {
 }
 
 func (hostSystem) SetHostname(name string) error {
-	if err := unix.Sethostname([]byte(name)); err != nil {
+	if name == "" {
+		var err error
+		if name, err = os.Hostname(); err != nil {
+			return fmt.Errorf("get hostname: %w", err)
+		}
+	} else if err := unix.Sethostname([]byte(name)); err != nil {
 		return fmt.Errorf("set hostname: %w", err)
 	}
+	old, err := os.ReadFile(hostsPath)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read hosts: %w", err)
+	}
+	if b := hostsWithName(old, name); !bytes.Equal(b, old) {
+		// In place, not through a rename: /etc/hosts may be a bind mount.
+		if err := os.WriteFile(hostsPath, b, 0o644); err != nil {
+			return fmt.Errorf("write hosts: %w", err)
+		}
+	}
 	return nil
+}
+
+const hostsPath = "/etc/hosts"
+
+// hostsWithName returns the hosts file b with its 127.0.1.1 line naming
+// only name (Debian's convention for the machine's own name), adding the
+// line if there is none.
+func hostsWithName(b []byte, name string) []byte {
+	line := "127.0.1.1\t" + name
+	var out []string
+	found := false
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == "127.0.1.1" {
+			if found {
+				continue
+			}
+			l, found = line, true
+		}
+		out = append(out, l)
+	}
+	if !found {
+		out = append(out, line)
+	}
+	if len(out) > 0 && out[0] == "" {
+		out = out[1:]
+	}
+	return []byte(strings.Join(out, "\n") + "\n")
 }
 
 func (hostSystem) AddEntropy(seed []byte) error {
@@ -53,10 +102,15 @@ func (hostSystem) AddEntropy(seed []byte) error {
 	if errno == 0 {
 		return nil
 	}
-	// Without CAP_SYS_ADMIN (or under gVisor) at least mix the seed in,
-	// uncredited.
+	// Without CAP_SYS_ADMIN at least mix the seed in, uncredited.
 	if _, err := f.Write(seed); err != nil {
 		return fmt.Errorf("write /dev/urandom: %w", err)
+	}
+	if errno == unix.ENOTTY {
+		// gVisor's /dev/urandom has no ioctls: the sentry draws every
+		// read from the host's getrandom, so clones of one snapshot never
+		// share RNG state and there is nothing to reseed.
+		return nil
 	}
 	return fmt.Errorf("credit entropy: %w (seed mixed in uncredited)", errno)
 }

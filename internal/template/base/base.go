@@ -142,14 +142,14 @@ func Build(ctx context.Context, opts Options) (*runtime.Template, error) {
 			return nil, fmt.Errorf("base: find the debian mirror: %w", err)
 		}
 	}
-	deb := rootfs.Debian{Suite: opts.Suite, Mirror: mirror, Variant: "minbase", Include: rootfs.DefaultInclude}
+	deb := rootfs.Debian{Suite: opts.Suite, Mirror: mirror, Variant: "minbase", Include: rootfs.DefaultInclude, Install: rootfs.DefaultInstall}
 	p("rootfs: debootstrap "+opts.Suite, 15)
 	lines := 0
 	debTree, err := rootfs.Debootstrap(ctx, cacheRoot, deb, func(format string, args ...any) {
 		fmt.Fprintf(opts.Log, format+"\n", args...)
-		// A bookworm minbase with our packages logs about 600 lines.
+		// A bookworm minbase with our packages and apt's install log about 3000 lines.
 		if lines++; lines%30 == 0 {
-			p("rootfs: debootstrap "+opts.Suite, 15+min(49, lines*50/600))
+			p("rootfs: debootstrap "+opts.Suite, 15+min(49, lines*50/3000))
 		}
 	})
 	if err != nil {

@@ -76,12 +76,13 @@ mnt devtmpfs /dev nosuid,mode=0755
 mnt devpts /dev/pts nosuid,noexec,gid=5,mode=0620,ptmxmode=0666
 mnt tmpfs /dev/shm nosuid,nodev,mode=1777
 mnt tmpfs /run nosuid,nodev,mode=0755
-mnt tmpfs /tmp nosuid,nodev,mode=1777
 [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
 [ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
 [ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
 [ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
 mkdir -p /run/lock
+# /tmp stays on the root disk, as under gVisor: bounded by the disk, not RAM.
+chmod 1777 /tmp
 
 hostname=@HOSTNAME@
 [ -s /etc/hostname ] && read -r hostname </etc/hostname

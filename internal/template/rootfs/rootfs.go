@@ -26,20 +26,36 @@ const (
 	ImageName = "rootfs.ext4"
 )
 
-// DefaultInclude are the packages added to a minbase system.
+// DefaultInclude are the packages debootstrap adds to a minbase system:
+// what Cocoon itself needs.
 var DefaultInclude = []string{"bash", "python3", "ca-certificates", "procps", "sudo", "tini", "iproute2"}
+
+// DefaultInstall are the packages apt installs into the debootstrapped
+// tree, without recommends: what agents expect of a sandbox, as in E2B's
+// base image. debootstrap's own resolver cannot install them: npm depends
+// on virtual packages.
+var DefaultInstall = []string{
+	"python3-pip", "python3-venv", "python3-dev",
+	"nodejs", "npm",
+	"git", "curl", "wget", "unzip", "jq", "less", "xz-utils", "openssh-client",
+	"gcc", "g++", "make", "libc6-dev",
+}
 
 // Debian describes a debootstrap run.
 type Debian struct {
 	Suite   string   // e.g. bookworm
 	Mirror  string   // e.g. from HostMirror
 	Variant string   // e.g. minbase
-	Include []string // extra packages
+	Include []string // extra packages for debootstrap
+	// Install are packages apt-get installs in the tree afterwards (with
+	// dpkgLean in place, so their documentation is never unpacked).
+	Install []string
 }
 
 // key hashes everything that changes the debootstrapped tree.
 func (d Debian) key() string {
-	return cache.Key("debootstrap", "1", d.Suite, d.Mirror, d.Variant, strings.Join(d.Include, ","))
+	return cache.Key("debootstrap", "2", d.Suite, d.Mirror, d.Variant, strings.Join(d.Include, ","),
+		strings.Join(d.Install, ","), dpkgLean)
 }
 
 // Logf receives a build's log lines (debootstrap's "I: ..." lines).
@@ -67,8 +83,18 @@ func Debootstrap(ctx context.Context, cacheRoot string, d Debian, logf Logf) (st
 		if len(d.Include) > 0 {
 			args = append(args, "--include="+strings.Join(d.Include, ","))
 		}
-		args = append(args, d.Suite, filepath.Join(dir, DirName), d.Mirror)
-		return runLogged(ctx, logf, "debootstrap", args...)
+		tree := filepath.Join(dir, DirName)
+		args = append(args, d.Suite, tree, d.Mirror)
+		if err := runLogged(ctx, logf, "debootstrap", args...); err != nil {
+			return err
+		}
+		if err := writeFile(filepath.Join(tree, dpkgLeanPath), []byte(dpkgLean), 0o644); err != nil {
+			return fmt.Errorf("debootstrap: %w", err)
+		}
+		if len(d.Install) == 0 {
+			return nil
+		}
+		return aptInstall(ctx, tree, debs, d.Install, logf)
 	})
 	if err != nil {
 		return "", err
@@ -87,7 +113,7 @@ type Guest struct {
 }
 
 // customizeFormat versions Customize; bump it whenever Customize changes.
-const customizeFormat = "1"
+const customizeFormat = "2"
 
 // Build returns the customized tree for (base, g) under
 // <cacheRoot>/rootfs/<key>/rootfs; baseKey identifies base's contents.
@@ -96,7 +122,7 @@ func Build(ctx context.Context, cacheRoot, base, baseKey string, g Guest) (dir, 
 	if err != nil {
 		return "", "", fmt.Errorf("envd: %w", err)
 	}
-	key = cache.Key("rootfs", customizeFormat, baseKey, envdHash, guest.CocoonInit(), sudoers, hosts)
+	key = cache.Key("rootfs", customizeFormat, baseKey, envdHash, guest.CocoonInit(), sudoers, hosts, dpkgLean)
 	cdir, _, err := cache.Ensure(ctx, cacheRoot, "rootfs", key, func(ctx context.Context, dir string) error {
 		tree := filepath.Join(dir, DirName)
 		// A full copy: the debootstrap tree stays pristine for other envd builds.
@@ -112,6 +138,168 @@ func Build(ctx context.Context, cacheRoot, base, baseKey string, g Guest) (dir, 
 }
 
 const sudoers = "user ALL=(ALL:ALL) NOPASSWD: ALL\n"
+
+// dpkgLean keeps documentation, manual pages and translations other than
+// English out of the image and out of every package a sandbox installs
+// later; Customize removes what debootstrap already unpacked.
+const dpkgLean = `# Cocoon: keep the sandbox image lean.
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/en*
+path-include /usr/share/locale/locale.alias
+`
+
+const dpkgLeanPath = "etc/dpkg/dpkg.cfg.d/01-cocoon-lean"
+
+// tmpKeep keeps the image's /tmp non-empty (see Customize).
+const tmpKeep = "tmp/.cocoon-disk"
+
+// aptInstall installs pkgs into tree with the tree's own apt (its
+// sources.list names the mirror debootstrap used), with /proc mounted and
+// the download cache debs bound at the tree's archive directory. Both
+// mounts are detached before it returns, so removing a failed tree never
+// reaches into the host.
+func aptInstall(ctx context.Context, tree, debs string, pkgs []string, logf Logf) (err error) {
+	archives := filepath.Join(tree, "var/cache/apt/archives")
+	mounts := []struct{ target, src, fstype, opts string }{
+		{filepath.Join(tree, "proc"), "proc", "proc", "nosuid,nodev,noexec"},
+		{archives, debs, "", "bind"},
+	}
+	for _, m := range mounts {
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			return fmt.Errorf("apt install: %w", err)
+		}
+		args := []string{"-o", m.opts, m.src, m.target}
+		if m.fstype != "" {
+			args = append([]string{"-t", m.fstype}, args...)
+		}
+		if err := runLogged(ctx, nil, "mount", args...); err != nil {
+			return fmt.Errorf("apt install: %w", err)
+		}
+		defer func() {
+			if uerr := runLogged(context.WithoutCancel(ctx), nil, "umount", "-l", m.target); uerr != nil && err == nil {
+				err = fmt.Errorf("apt install: %w", uerr)
+			}
+		}()
+	}
+	apt := func(args ...string) error {
+		cmd := append([]string{tree, "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C",
+			"apt-get", "-q", "-y", "-o", "APT::Install-Recommends=false", "-o", "Dpkg::Use-Pty=false"}, args...)
+		return runLogged(ctx, logf, "chroot", cmd...)
+	}
+	if err := apt("update"); err != nil {
+		return fmt.Errorf("apt install: %w", err)
+	}
+	if err := apt(append([]string{"install"}, pkgs...)...); err != nil {
+		return fmt.Errorf("apt install: %w", err)
+	}
+	return nil
+}
+
+// leanDirs are emptied after debootstrap, matching dpkgLean (copyright
+// files and English translations stay), with apt's package lists and
+// caches. Each entry is a directory and whether its entries' own entries
+// are pruned (one level deeper) rather than its entries.
+var leanDirs = []struct {
+	dir  string
+	deep bool
+}{
+	{"usr/share/doc", true}, {"usr/share/man", false}, {"usr/share/info", false},
+	{"usr/share/lintian", false}, {"usr/share/locale", false},
+	{"var/cache/apt", false}, {"var/cache/apt/archives", false},
+	{"var/lib/apt/lists", false}, {"var/log/apt", false},
+}
+
+// keepLean reports whether the path rel (inside the tree) stays.
+func keepLean(rel string) bool {
+	b := filepath.Base(rel)
+	switch {
+	case strings.HasPrefix(rel, "usr/share/doc/"):
+		return b == "copyright"
+	case strings.HasPrefix(rel, "usr/share/locale/"):
+		return strings.HasPrefix(b, "en") || b == "locale.alias"
+	case rel == "var/cache/apt/archives":
+		return true
+	case strings.HasPrefix(rel, "var/cache/apt/archives/"), strings.HasPrefix(rel, "var/lib/apt/lists/"):
+		return b == "partial" || b == "lock"
+	}
+	return false
+}
+
+// pruneLean removes what leanDirs and keepLean say from tree. It never
+// follows a symbolic link: a link in the guest tree may point anywhere on
+// the host.
+func pruneLean(tree string) error {
+	realDir := func(rel string) bool {
+		p := tree
+		for _, c := range strings.Split(rel, "/") {
+			p = filepath.Join(p, c)
+			st, err := os.Lstat(p)
+			if err != nil || !st.IsDir() {
+				return false
+			}
+		}
+		return true
+	}
+	prune := func(rel string) error {
+		if !realDir(rel) {
+			return nil
+		}
+		ents, err := os.ReadDir(filepath.Join(tree, rel))
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			r := rel + "/" + e.Name()
+			if keepLean(r) {
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(tree, r)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, d := range leanDirs {
+		if !d.deep {
+			if err := prune(d.dir); err != nil {
+				return err
+			}
+			continue
+		}
+		if !realDir(d.dir) {
+			continue
+		}
+		ents, err := os.ReadDir(filepath.Join(tree, d.dir))
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if e.IsDir() { // DirEntry.IsDir is false for a link
+				if err := prune(d.dir + "/" + e.Name()); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	m, _ := filepath.Glob(filepath.Join(tree, pipMarkerGlob))
+	for _, p := range m {
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Debian's EXTERNALLY-MANAGED marker (PEP 668) makes "pip install" fail in
+// the system Python; a sandbox is disposable and agents run plain
+// "pip install" as they would in E2B's image, so Customize removes it.
+const pipMarkerGlob = "usr/lib/python3*/EXTERNALLY-MANAGED"
 
 var hosts = "127.0.0.1\tlocalhost\n127.0.1.1\t" + guest.DefaultHostname + "\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
@@ -139,6 +327,11 @@ func Customize(ctx context.Context, tree string, g Guest) error {
 		{"etc/hosts", 0o644, hosts},
 		{"etc/resolv.conf", 0o644, "nameserver " + guest.DefaultDNS + "\n"},
 		{strings.TrimPrefix(guest.InitPath, "/"), 0o755, guest.CocoonInit()},
+		{dpkgLeanPath, 0o644, dpkgLean},
+		// /tmp lives on the sandbox's disk, as on a VM: runsc mounts an
+		// in-memory tmpfs over an empty /tmp, where 700 MiB written would
+		// exhaust the sandbox's memory; it leaves a non-empty one alone.
+		{tmpKeep, 0o644, ""},
 	}
 	for _, f := range files {
 		if err := writeFile(filepath.Join(tree, f.path), []byte(f.data), f.mode); err != nil {
@@ -152,12 +345,9 @@ func Customize(ctx context.Context, tree string, g Guest) error {
 	if err := writeFile(filepath.Join(tree, strings.TrimPrefix(guest.EnvdPath, "/")), envd, 0o755); err != nil {
 		return fmt.Errorf("customize: %w", err)
 	}
-	// Package lists and caches are dead weight in every sandbox.
-	for _, glob := range []string{"var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_*", "var/log/*.log"} {
-		m, _ := filepath.Glob(filepath.Join(tree, glob))
-		for _, p := range m {
-			os.Remove(p)
-		}
+	// Documentation, package lists and caches are dead weight in every sandbox.
+	if err := pruneLean(tree); err != nil {
+		return fmt.Errorf("customize: prune: %w", err)
 	}
 	return nil
 }
