@@ -66,8 +66,16 @@ type ociMount struct {
 
 type ociLinux struct {
 	Namespaces  []ociNamespace `json:"namespaces"`
+	UIDMappings []ociIDMapping `json:"uidMappings,omitempty"`
+	GIDMappings []ociIDMapping `json:"gidMappings,omitempty"`
 	CgroupsPath string         `json:"cgroupsPath,omitempty"`
 	Resources   *ociResources  `json:"resources,omitempty"`
+}
+
+type ociIDMapping struct {
+	ContainerID uint32 `json:"containerID"`
+	HostID      uint32 `json:"hostID"`
+	Size        uint32 `json:"size"`
 }
 
 type ociNamespace struct {
@@ -76,8 +84,27 @@ type ociNamespace struct {
 }
 
 type ociResources struct {
-	Memory *ociMemory `json:"memory,omitempty"`
-	CPU    *ociCPU    `json:"cpu,omitempty"`
+	Memory  *ociMemory  `json:"memory,omitempty"`
+	CPU     *ociCPU     `json:"cpu,omitempty"`
+	Pids    *ociPids    `json:"pids,omitempty"`
+	BlockIO *ociBlockIO `json:"blockIO,omitempty"`
+}
+
+type ociPids struct {
+	Limit int64 `json:"limit"`
+}
+
+type ociBlockIO struct {
+	ThrottleReadBpsDevice   []ociThrottle `json:"throttleReadBpsDevice,omitempty"`
+	ThrottleWriteBpsDevice  []ociThrottle `json:"throttleWriteBpsDevice,omitempty"`
+	ThrottleReadIOPSDevice  []ociThrottle `json:"throttleReadIOPSDevice,omitempty"`
+	ThrottleWriteIOPSDevice []ociThrottle `json:"throttleWriteIOPSDevice,omitempty"`
+}
+
+type ociThrottle struct {
+	Major int64  `json:"major"`
+	Minor int64  `json:"minor"`
+	Rate  uint64 `json:"rate"`
 }
 
 type ociMemory struct {
@@ -108,6 +135,12 @@ type bundleParams struct {
 	cgroup   string // cgroupsPath, "" for none
 	vcpus    int
 	memoryMB int
+	// hostID is the host uid and gid that the sandbox's root maps to in
+	// its user namespace (IDRange ids from there); 0 for none: the
+	// sandbox and gofer then run as host root.
+	hostID uint32
+	pids   int64       // pids.max of the sandbox's cgroup; 0 for none
+	io     *ociBlockIO // blkio throttles; nil for none
 }
 
 func newSpec(p bundleParams) ociSpec {
@@ -146,6 +179,13 @@ func newSpec(p bundleParams) ociSpec {
 			CgroupsPath: p.cgroup,
 		},
 	}
+	if p.hostID != 0 {
+		// runsc starts the gofer and the sandbox (sentry) in a new user
+		// namespace with these mappings, as its root: host uid hostID.
+		s.Linux.Namespaces = append(s.Linux.Namespaces, ociNamespace{Type: "user"})
+		m := []ociIDMapping{{ContainerID: 0, HostID: p.hostID, Size: IDRange}}
+		s.Linux.UIDMappings, s.Linux.GIDMappings = m, m
+	}
 	var res ociResources
 	if p.memoryMB > 0 {
 		res.Memory = &ociMemory{Limit: int64(p.memoryMB) << 20}
@@ -153,17 +193,29 @@ func newSpec(p bundleParams) ociSpec {
 	if p.vcpus > 0 {
 		res.CPU = &ociCPU{Quota: int64(p.vcpus) * cpuPeriod, Period: cpuPeriod}
 	}
-	if res.Memory != nil || res.CPU != nil {
+	if p.pids > 0 {
+		res.Pids = &ociPids{Limit: p.pids}
+	}
+	res.BlockIO = p.io
+	if res.Memory != nil || res.CPU != nil || res.Pids != nil || res.BlockIO != nil {
 		s.Linux.Resources = &res
 	}
 	return s
 }
 
 // bundleFingerprint hashes the part of the bundle that runsc checks at
-// restore against the checkpoint (the process: capabilities, args, env), so
-// that a snapshot taken before a change to it is known to be stale.
-func bundleFingerprint() string {
-	b, _ := json.Marshal(newSpec(bundleParams{}).Process)
+// restore against the checkpoint (the process: capabilities, args, env;
+// the namespaces and id mappings), so that a snapshot taken before a change
+// to it is known to be stale. hostID is the driver's (0: as root).
+func bundleFingerprint(hostID uint32) string {
+	s := newSpec(bundleParams{hostID: hostID})
+	b, _ := json.Marshal(s.Process)
+	if hostID != 0 {
+		// Appended only with a user namespace, so that snapshots of
+		// drivers running as root keep the fingerprint they had.
+		l, _ := json.Marshal([]any{s.Linux.Namespaces, s.Linux.UIDMappings, s.Linux.GIDMappings})
+		b = append(b, l...)
+	}
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:8])
 }

@@ -63,7 +63,27 @@ type Config struct {
 	ReapplyAddr func(ctx context.Context, slot *network.Slot) error
 	// DebugLog makes runsc write debug logs to <Spec.Dir>/debug/.
 	DebugLog bool
+	// AsRoot runs each sandbox's gofer and sentry as host root, as runsc
+	// does by default. Otherwise (the default) they run in a user
+	// namespace whose root is host uid HostID, over an id-mapped,
+	// read-only view of the template tree (see idmap.go); that needs a
+	// filesystem with idmapped mounts (ext4, xfs, btrfs, tmpfs; Linux ≥ 6.3
+	// for tmpfs). Only the short-lived runsc commands run as root.
+	AsRoot bool
+	// HostID is the first host uid and gid of the sandboxes' id range
+	// (IDRange ids); 0 means DefaultHostID.
+	HostID uint32
+	// Pids is pids.max of each sandbox's cgroup: the sentry's threads and,
+	// with systrap, one stub process per address space inside, so a fork
+	// bomb in the sandbox stops here. 0 means DefaultPids, -1 none.
+	Pids int64
 }
+
+// DefaultPids is each sandbox's default pids.max. An idle sandbox uses
+// ≈ 50 host tasks on 2 cores (sentry and gofer threads, stubs), and each
+// process inside ≈ 3 more (TestForkBombHitsPidsLimit: 27 processes in
+// 78 tasks), so this allows ≈ 650 processes.
+const DefaultPids = 2048
 
 // Driver is the gVisor implementation of runtime.Runtime.
 type Driver struct {
@@ -72,6 +92,8 @@ type Driver struct {
 	// preparation, the pool's warm-up). No keep-alives: a connection left
 	// open would be in the checkpoint, or in the slot's next sandbox.
 	envd *http.Client
+	// ids is the id-mapped view of template trees; nil with AsRoot.
+	ids *idmap
 }
 
 var _ runtime.Runtime = (*Driver)(nil)
@@ -103,7 +125,46 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.ReapplyAddr == nil {
 		cfg.ReapplyAddr = ReapplyAddr
 	}
-	return &Driver{cfg: cfg, envd: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}, nil
+	if cfg.HostID == 0 {
+		cfg.HostID = DefaultHostID
+	}
+	if cfg.Pids == 0 {
+		cfg.Pids = DefaultPids
+	}
+	d := &Driver{cfg: cfg, envd: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}
+	if !cfg.AsRoot {
+		d.ids = newIDMap(cfg.HostID, cfg.StateDir)
+	}
+	return d, nil
+}
+
+// hostID is the host uid of the sandboxes' root; 0 when they run as root.
+func (d *Driver) hostID() uint32 {
+	if d.ids == nil {
+		return 0
+	}
+	return d.cfg.HostID
+}
+
+// bundle writes the OCI bundle of container id into dir: over an id-mapped
+// view of rootfs unless the driver runs sandboxes as root.
+func (d *Driver) bundle(id, dir, hostname, rootfs string, slot *network.Slot, vcpus, memoryMB int) error {
+	if d.ids != nil {
+		view, err := d.ids.mount(d.cfg.Runsc, id, rootfs)
+		if err != nil {
+			return err
+		}
+		rootfs = view
+	}
+	var pids int64
+	if d.cfg.Pids > 0 && d.cfg.CgroupParent != "-" {
+		pids = d.cfg.Pids
+	}
+	return writeBundle(dir, bundleParams{
+		hostname: hostname, rootfs: rootfs, netns: slot.NetnsPath,
+		cgroup: d.cgroupPath(id), vcpus: vcpus, memoryMB: memoryMB,
+		hostID: d.hostID(), pids: pids,
+	})
 }
 
 // Name implements runtime.Runtime.
@@ -272,11 +333,9 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 	}
 	// A leftover of an interrupted build would make `runsc run` fail.
 	d.remove(ctx, id)
-	err := writeBundle(dir, bundleParams{
-		hostname: templateHostname, rootfs: t.RootfsDir, netns: slot.NetnsPath,
-		cgroup: d.cgroupPath(id), vcpus: t.VCPUs, memoryMB: t.MemoryMB,
-	})
+	err := d.bundle(id, dir, templateHostname, t.RootfsDir, slot, t.VCPUs, t.MemoryMB)
 	if err != nil {
+		d.remove(ctx, id)
 		return fmt.Errorf("gvisor: %w", err)
 	}
 	if err := d.start(ctx, id, dir, "", slot); err != nil {
@@ -344,7 +403,7 @@ type snapshotMeta struct {
 const metaFile = "gvisor.json"
 
 func writeMeta(dir string, d *Driver) error {
-	b, _ := json.Marshal(snapshotMeta{Version: Version, Platform: d.cfg.Platform, Overlay: d.cfg.Overlay, Process: bundleFingerprint()})
+	b, _ := json.Marshal(snapshotMeta{Version: Version, Platform: d.cfg.Platform, Overlay: d.cfg.Overlay, Process: bundleFingerprint(d.hostID())})
 	if err := os.WriteFile(filepath.Join(dir, metaFile), b, 0o644); err != nil {
 		return fmt.Errorf("write snapshot metadata: %w", err)
 	}
@@ -366,7 +425,7 @@ func (d *Driver) checkMeta(dir string) error {
 	}
 	// Snapshots saved before the fingerprint was recorded are left to
 	// runsc's own check at restore.
-	if m.Process != "" && m.Process != bundleFingerprint() {
+	if m.Process != "" && m.Process != bundleFingerprint(d.hostID()) {
 		return errors.New("snapshot saved with another sandbox process spec (capabilities, args or env); rebuild the template's snapshot")
 	}
 	return nil
@@ -408,10 +467,7 @@ func (d *Driver) restore(ctx context.Context, src runtime.Source, spec runtime.S
 	if err := os.MkdirAll(spec.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("gvisor: create sandbox dir: %w", err)
 	}
-	err := writeBundle(spec.Dir, bundleParams{
-		hostname: spec.ID, rootfs: src.Template.RootfsDir, netns: spec.Slot.NetnsPath,
-		cgroup: d.cgroupPath(spec.ID), vcpus: spec.VCPUs, memoryMB: spec.MemoryMB,
-	})
+	err := d.bundle(spec.ID, spec.Dir, spec.ID, src.Template.RootfsDir, spec.Slot, spec.VCPUs, spec.MemoryMB)
 	if err == nil {
 		err = d.start(ctx, spec.ID, spec.Dir, checkpointDir(from), spec.Slot)
 	}
@@ -463,9 +519,13 @@ func (d *Driver) Cleanup(ctx context.Context, id string) error {
 	return nil
 }
 
-// remove force-deletes a container and succeeds if it is gone afterwards.
+// remove force-deletes a container, and unmounts its view of the template
+// tree; it succeeds if the container is gone afterwards.
 func (d *Driver) remove(ctx context.Context, id string) error {
 	_, err := d.runsc(ctx, "delete", "--force", id)
+	if d.ids != nil {
+		d.ids.unmount(id)
+	}
 	if err == nil {
 		return nil
 	}

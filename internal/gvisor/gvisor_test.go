@@ -184,6 +184,9 @@ func newDriver(tb testing.TB) *Driver {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if d.ids != nil {
+		tb.Cleanup(func() { os.Remove(d.ids.dir) })
+	}
 	return d
 }
 

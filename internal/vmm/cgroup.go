@@ -11,12 +11,13 @@ import (
 const cgroupRoot = "/sys/fs/cgroup"
 
 // cgroupLimits puts pid into a per-sandbox cgroup named name under parent
-// with a CPU quota of vcpus cores and a memory limit of memBytes. On a
-// unified (v2) hierarchy it uses <root>/<parent>/<name> with cpu.max and
-// memory.max; on v1 or hybrid hosts it uses the cpu and memory hierarchies
-// (cpu.cfs_quota_us, memory.limit_in_bytes). It returns the directories it
-// created, for removeCgroups.
-func cgroupLimits(parent, name string, pid, vcpus int, memBytes int64) ([]string, error) {
+// with a CPU quota of vcpus cores, a memory limit of memBytes and at most
+// pids tasks. On a unified (v2) hierarchy it uses <root>/<parent>/<name>
+// with cpu.max, memory.max and pids.max; on v1 or hybrid hosts it uses the
+// cpu, memory and pids hierarchies (cpu.cfs_quota_us,
+// memory.limit_in_bytes, pids.max). It returns the directories it created,
+// for removeCgroups.
+func cgroupLimits(parent, name string, pid, vcpus int, memBytes int64, pids int) ([]string, error) {
 	period := 100000
 	quota := vcpus * period
 	if _, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.controllers")); err == nil {
@@ -24,14 +25,15 @@ func cgroupLimits(parent, name string, pid, vcpus int, memBytes int64) ([]string
 		// Enable the controllers for the parent's children; fails harmlessly
 		// when they are already on or the root delegates nothing.
 		os.MkdirAll(filepath.Dir(dir), 0o755)
-		os.WriteFile(filepath.Join(cgroupRoot, "cgroup.subtree_control"), []byte("+cpu +memory"), 0)
-		os.WriteFile(filepath.Join(filepath.Dir(dir), "cgroup.subtree_control"), []byte("+cpu +memory"), 0)
+		os.WriteFile(filepath.Join(cgroupRoot, "cgroup.subtree_control"), []byte("+cpu +memory +pids"), 0)
+		os.WriteFile(filepath.Join(filepath.Dir(dir), "cgroup.subtree_control"), []byte("+cpu +memory +pids"), 0)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("create cgroup: %w", err)
 		}
 		err := errors.Join(
 			writeFile(dir, "cpu.max", fmt.Sprintf("%d %d", quota, period)),
 			writeFile(dir, "memory.max", strconv.FormatInt(memBytes, 10)),
+			writeFile(dir, "pids.max", strconv.Itoa(pids)),
 			writeFile(dir, "cgroup.procs", strconv.Itoa(pid)),
 		)
 		return []string{dir}, err
@@ -44,6 +46,7 @@ func cgroupLimits(parent, name string, pid, vcpus int, memBytes int64) ([]string
 	}{
 		{"cpu", [][2]string{{"cpu.cfs_period_us", strconv.Itoa(period)}, {"cpu.cfs_quota_us", strconv.Itoa(quota)}}},
 		{"memory", [][2]string{{"memory.limit_in_bytes", strconv.FormatInt(memBytes, 10)}}},
+		{"pids", [][2]string{{"pids.max", strconv.Itoa(pids)}}},
 	} {
 		if _, err := os.Stat(filepath.Join(cgroupRoot, c.ctrl)); err != nil {
 			errs = append(errs, fmt.Errorf("no %s cgroup hierarchy", c.ctrl))
@@ -72,6 +75,7 @@ func cgroupDirs(parent, name string) []string {
 	return []string{
 		filepath.Join(cgroupRoot, "cpu", parent, name),
 		filepath.Join(cgroupRoot, "memory", parent, name),
+		filepath.Join(cgroupRoot, "pids", parent, name),
 	}
 }
 

@@ -82,6 +82,9 @@ type launchSpec struct {
 	Slot     *network.Slot
 	Incoming bool // start with -incoming defer
 	Sandbox  bool // QEMU's seccomp filter
+	// UID is the host uid and gid QEMU drops to (-runas) once it has
+	// opened its files and devices, before the guest runs; 0 stays root.
+	UID uint32 // set by launch from the slot
 	// Relative names Dir's files relative to QEMU's working directory,
 	// which is Dir: the directory can then be renamed under a running
 	// QEMU (a prespawned one is claimed by renaming its directory to the
@@ -145,7 +148,7 @@ func (l launchSpec) args() []string {
 	)
 	if l.Disk != "" {
 		a = append(a,
-			"-drive", "id=root,if=none,format=qcow2,discard=unmap,file="+qemuEscape(disk),
+			"-drive", "id=root,if=none,format=qcow2,discard=unmap,file.auto-read-only=off,file="+qemuEscape(disk),
 			"-device", "virtio-blk-device,drive=root")
 	}
 	if l.Slot != nil {
@@ -157,10 +160,21 @@ func (l launchSpec) args() []string {
 			"-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no,vhost=off",
 			"-device", "virtio-net-device,netdev=n0,mac="+guestMAC)
 	}
+	if l.UID != 0 {
+		a = append(a, "-runas", fmt.Sprintf("%d:%d", l.UID, l.UID))
+	}
 	if l.Sandbox {
 		// spawn=deny forbids exec: migration URIs; migrations use fd:
-		// (a file passed over QMP) instead.
-		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+		// (a file passed over QMP) instead. QEMU 7.2 installs the filter
+		// before -runas drops to the uid, so elevateprivileges=deny would
+		// kill it at its setgid (SIGSYS); after the drop QEMU has no
+		// capabilities and no_new_privs, so set*id calls can only switch
+		// among its own ids. Without -runas they stay denied.
+		elevate := "deny"
+		if l.UID != 0 {
+			elevate = "allow"
+		}
+		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges="+elevate+",spawn=deny,resourcecontrol=deny")
 	}
 	if l.Incoming {
 		a = append(a, "-incoming", "defer")
@@ -175,6 +189,7 @@ func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // in its own session, so it survives the orchestrator; its pid is written to
 // Dir/qemu.pid for Adopt.
 func (r *Runtime) launch(ctx context.Context, l launchSpec) (*Instance, error) {
+	l.UID = r.uid(l.Slot)
 	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create sandbox dir: %w", err)
 	}
@@ -266,7 +281,7 @@ func (r *Runtime) limit(inst *Instance) error {
 		return nil
 	}
 	mem := int64(inst.machine.MemoryMB+r.opts.MemoryOverheadMB) << 20
-	dirs, err := cgroupLimits(r.opts.CgroupParent, inst.id, inst.pid, inst.machine.VCPUs, mem)
+	dirs, err := cgroupLimits(r.opts.CgroupParent, inst.id, inst.pid, inst.machine.VCPUs, mem, r.opts.Pids)
 	inst.cgroups = dirs
 	return err
 }

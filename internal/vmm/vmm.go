@@ -21,11 +21,18 @@
 // file descriptors passed over QMP (fd: URIs), never exec:.
 //
 // Resource limits: each QEMU is put into a cgroup <parent>/<sandbox id>
-// with a CPU quota of its vCPUs and a memory limit of its RAM plus an
-// overhead; on cgroup v1 and hybrid hosts in the cpu and memory
-// hierarchies, on v2 in the unified one. Where that fails (no permission,
-// controller missing) the driver logs a warning and runs the sandbox
-// without limits.
+// with a CPU quota of its vCPUs, a memory limit of its RAM plus an
+// overhead and a pids limit; on cgroup v1 and hybrid hosts in the cpu,
+// memory and pids hierarchies, on v2 in the unified one. Where that fails
+// (no permission, controller missing) the driver logs a warning and runs
+// the sandbox without limits.
+//
+// Privileges: QEMU starts as root (it opens the TAP device, the memory
+// file, the disk and the console), then drops to an unprivileged uid of
+// its own with -runas before the guest runs: uid UIDBase + the slot's
+// index, so no two sandboxes share one (a QEMU could otherwise signal or
+// ptrace another). It keeps no capabilities and runs under its seccomp
+// filter with no_new_privs.
 package vmm
 
 import (
@@ -81,6 +88,14 @@ type Options struct {
 	MemoryOverheadMB int
 	// NoSandbox disables QEMU's seccomp filter.
 	NoSandbox bool
+	// AsRoot keeps QEMU running as root (no -runas).
+	AsRoot bool
+	// UIDBase is the host uid (and gid) of the QEMU in slot 0; the QEMU of
+	// slot i runs as UIDBase+i. 0 means DefaultUIDBase.
+	UIDBase uint32
+	// Pids is pids.max of each QEMU's cgroup (its threads: vCPUs, I/O
+	// workers). 0 means DefaultPids.
+	Pids int
 	// BootTimeout bounds a template boot until envd answers. Default 3 min.
 	BootTimeout time.Duration
 	// PoolNoRestore makes Prespawn stop at a QEMU waiting for its state
@@ -90,6 +105,26 @@ type Options struct {
 	// KernelArgs are appended to the guest kernel command line.
 	KernelArgs []string
 	Logger     *slog.Logger
+}
+
+// DefaultUIDBase is the default Options.UIDBase: host uids 1879113728
+// (0x70010000) on, right after the gVisor sandboxes' id range
+// (gvisor.DefaultHostID, 65536 ids), with no passwd entry.
+const DefaultUIDBase = 0x70010000
+
+// DefaultPids is the default pids.max of a QEMU's cgroup. A TCG QEMU with
+// one vCPU idles with ≈ 6 threads; QEMU's block thread pool adds up to 64.
+const DefaultPids = 256
+
+// uid is the host uid the QEMU of slot runs as; 0 (root) with AsRoot.
+func (r *Runtime) uid(slot *network.Slot) uint32 {
+	if r.opts.AsRoot {
+		return 0
+	}
+	if slot == nil {
+		return r.opts.UIDBase
+	}
+	return r.opts.UIDBase + uint32(slot.Index)
 }
 
 // Runtime runs sandboxes as QEMU microVMs. It implements runtime.Runtime.
@@ -112,6 +147,12 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if opts.CgroupParent == "" {
 		opts.CgroupParent = "cocoon"
+	}
+	if opts.UIDBase == 0 {
+		opts.UIDBase = DefaultUIDBase
+	}
+	if opts.Pids == 0 {
+		opts.Pids = DefaultPids
 	}
 	if opts.MemoryOverheadMB == 0 {
 		opts.MemoryOverheadMB = 256

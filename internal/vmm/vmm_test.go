@@ -274,6 +274,22 @@ func TestDriver(t *testing.T) {
 		}
 	})
 
+	// Issue 18: each QEMU runs as its slot's own unprivileged uid, with
+	// no capabilities, in a cgroup with a pids limit. Before, euid 0.
+	t.Run("unprivileged", func(t *testing.T) {
+		for i, inst := range insts {
+			checkUnprivileged(t, r, inst, slots[i])
+			pidsMax := cgroupDirs("cocoon-vmmtest", specs[i].ID)[0]
+			if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+				pidsMax = filepath.Join(cgroupRoot, "pids", "cocoon-vmmtest", specs[i].ID)
+			}
+			b, err := os.ReadFile(filepath.Join(pidsMax, "pids.max"))
+			if got, want := strings.TrimSpace(string(b)), strconv.Itoa(DefaultPids); err != nil || got != want {
+				t.Errorf("clone %d: pids.max = %q (%v), want %s", i, got, err, want)
+			}
+		}
+	})
+
 	t.Run("kill", func(t *testing.T) {
 		inst := insts[2]
 		cgs := cgroupDirs("cocoon-vmmtest", specs[2].ID)
@@ -340,6 +356,7 @@ func TestDriver(t *testing.T) {
 		if pause > 10*time.Second || running > 10*time.Second {
 			t.Errorf("pause %v / resume %v: far above the 2 s target", pause, running)
 		}
+		checkUnprivileged(t, r, inst.(*Instance), spec.Slot)
 		if code, body := guestDo(t, spec.Slot, "GET", "/dirty", nil); code != 200 || body != "ok 100" {
 			t.Errorf("memory after resume: %d %q", code, body)
 		}
@@ -385,6 +402,32 @@ func TestDriver(t *testing.T) {
 			t.Errorf("Adopt of the test process: %v", err)
 		}
 	})
+}
+
+// checkUnprivileged checks that inst's QEMU runs as slot's uid (not
+// root) with no capabilities.
+func checkUnprivileged(t *testing.T, r *Runtime, inst *Instance, slot *network.Slot) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", inst.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[string][]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			fields[k] = strings.Fields(v)
+		}
+	}
+	want := strconv.Itoa(int(r.uid(slot)))
+	if uid := fields["Uid"]; len(uid) < 2 || uid[1] == "0" || uid[1] != want {
+		t.Errorf("qemu %d: Uid %v, want euid %s (not 0)", inst.PID(), uid, want)
+	}
+	if gid := fields["Gid"]; len(gid) < 2 || gid[1] != want {
+		t.Errorf("qemu %d: Gid %v, want %s", inst.PID(), gid, want)
+	}
+	if eff := fields["CapEff"]; len(eff) != 1 || strings.Trim(eff[0], "0") != "" {
+		t.Errorf("qemu %d: CapEff %v, want none", inst.PID(), eff)
+	}
 }
 
 func TestBrokenImage(t *testing.T) {

@@ -27,6 +27,10 @@ func main() {
 		}
 		log.Fatal("tini: no command")
 	}
+	if len(os.Args) > 1 && os.Args[1] == "sleeper" {
+		time.Sleep(time.Hour)
+		return
+	}
 
 	var counter atomic.Int64
 	go func() {
@@ -78,6 +82,27 @@ func main() {
 			b, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
 			fmt.Fprintf(w, "%s %s\n", e.Name(), strings.ReplaceAll(string(b), "\x00", " "))
 		}
+	})
+	// /forkbomb starts up to n sleeping processes, each its own address
+	// space (a host stub process under systrap), until one fails; it
+	// reports how many started and the error, then ends them.
+	mux.HandleFunc("POST /forkbomb", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		var procs []*os.Process
+		var err error
+		for len(procs) < n {
+			var p *os.Process
+			p, err = os.StartProcess("/proc/self/exe", []string{"envd", "sleeper"}, &os.ProcAttr{})
+			if err != nil {
+				break
+			}
+			procs = append(procs, p)
+		}
+		for _, p := range procs {
+			p.Kill()
+			p.Wait()
+		}
+		fmt.Fprintf(w, "%d %v", len(procs), err)
 	})
 	log.Fatal(http.ListenAndServe(":49983", mux))
 }
