@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/cocoon-run/cocoon/internal/runtime"
 )
 
 // The subset of the OCI runtime spec (v1.0) the driver writes. Declared here
@@ -141,6 +143,20 @@ type bundleParams struct {
 	hostID uint32
 	pids   int64       // pids.max of the sandbox's cgroup; 0 for none
 	io     *ociBlockIO // blkio throttles; nil for none
+}
+
+// blockIO is the OCI form of l on disk major:minor.
+func blockIO(major, minor int64, l runtime.IOLimit) *ociBlockIO {
+	dev := func(rate uint64) []ociThrottle {
+		if rate == 0 {
+			return nil
+		}
+		return []ociThrottle{{Major: major, Minor: minor, Rate: rate}}
+	}
+	return &ociBlockIO{
+		ThrottleReadBpsDevice: dev(l.ReadBps), ThrottleWriteBpsDevice: dev(l.WriteBps),
+		ThrottleReadIOPSDevice: dev(l.ReadIOPS), ThrottleWriteIOPSDevice: dev(l.WriteIOPS),
+	}
 }
 
 func newSpec(p bundleParams) ociSpec {

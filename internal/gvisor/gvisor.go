@@ -77,6 +77,10 @@ type Config struct {
 	// with systrap, one stub process per address space inside, so a fork
 	// bomb in the sandbox stops here. 0 means DefaultPids, -1 none.
 	Pids int64
+	// IO limits each sandbox's block I/O on the disk of its directory
+	// (its writable layer, and the template tree's reads by its gofer);
+	// the zero value means runtime.DefaultIOLimit.
+	IO runtime.IOLimit
 }
 
 // DefaultPids is each sandbox's default pids.max. An idle sandbox uses
@@ -131,6 +135,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if cfg.Pids == 0 {
 		cfg.Pids = DefaultPids
 	}
+	if cfg.IO == (runtime.IOLimit{}) {
+		cfg.IO = runtime.DefaultIOLimit
+	}
 	d := &Driver{cfg: cfg, envd: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}
 	if !cfg.AsRoot {
 		d.ids = newIDMap(cfg.HostID, cfg.StateDir)
@@ -156,15 +163,18 @@ func (d *Driver) bundle(id, dir, hostname, rootfs string, slot *network.Slot, vc
 		}
 		rootfs = view
 	}
-	var pids int64
-	if d.cfg.Pids > 0 && d.cfg.CgroupParent != "-" {
-		pids = d.cfg.Pids
-	}
-	return writeBundle(dir, bundleParams{
+	p := bundleParams{
 		hostname: hostname, rootfs: rootfs, netns: slot.NetnsPath,
 		cgroup: d.cgroupPath(id), vcpus: vcpus, memoryMB: memoryMB,
-		hostID: d.hostID(), pids: pids,
-	})
+		hostID: d.hostID(),
+	}
+	if d.cfg.CgroupParent != "-" {
+		p.pids = max(d.cfg.Pids, 0)
+		if major, minor, err := runtime.BlockDevice(dir); err == nil {
+			p.io = blockIO(int64(major), int64(minor), d.cfg.IO)
+		}
+	}
+	return writeBundle(dir, p)
 }
 
 // Name implements runtime.Runtime.

@@ -102,6 +102,15 @@ func TestRuntimeProcessesNotRoot(t *testing.T) {
 	if !found[inst.PID()] || len(found) < 2 {
 		t.Errorf("checked processes %v, want the sandbox %d and its gofer", found, inst.PID())
 	}
+	// Its cgroup limits I/O on the disk of its directory.
+	if major, minor, err := runtime.BlockDevice(spec.Dir); err == nil {
+		dir := filepath.Join("/sys/fs/cgroup/blkio", d.cgroupPath(spec.ID))
+		b, err := os.ReadFile(filepath.Join(dir, "blkio.throttle.read_bps_device"))
+		want := fmt.Sprintf("%d:%d %d", major, minor, runtime.DefaultIOLimit.ReadBps)
+		if err == nil && !strings.Contains(string(b), want) {
+			t.Errorf("blkio.throttle.read_bps_device = %q, want %q", b, want)
+		}
+	}
 	// Still a working sandbox over the id-mapped tree: it writes (to its
 	// overlay) and reads back.
 	writeFile(t, spec.Slot, "/home/user/x", "y")

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cocoon-run/cocoon/internal/network"
+	"github.com/cocoon-run/cocoon/internal/runtime"
 	"github.com/cocoon-run/cocoon/internal/vmm/qmp"
 )
 
@@ -280,8 +281,18 @@ func (r *Runtime) limit(inst *Instance) error {
 	if r.opts.CgroupParent == "-" {
 		return nil
 	}
-	mem := int64(inst.machine.MemoryMB+r.opts.MemoryOverheadMB) << 20
-	dirs, err := cgroupLimits(r.opts.CgroupParent, inst.id, inst.pid, inst.machine.VCPUs, mem, r.opts.Pids)
+	l := limits{
+		vcpus:    inst.machine.VCPUs,
+		memBytes: int64(inst.machine.MemoryMB+r.opts.MemoryOverheadMB) << 20,
+		pids:     r.opts.Pids,
+		io:       r.opts.IO,
+	}
+	if major, minor, err := runtime.BlockDevice(inst.dir); err == nil {
+		l.dev = fmt.Sprintf("%d:%d", major, minor)
+	} else {
+		r.log.Debug("vmm: no I/O limit", "id", inst.id, "err", err)
+	}
+	dirs, err := cgroupLimits(r.opts.CgroupParent, inst.id, inst.pid, l)
 	inst.cgroups = dirs
 	return err
 }

@@ -22,8 +22,9 @@
 //
 // Resource limits: each QEMU is put into a cgroup <parent>/<sandbox id>
 // with a CPU quota of its vCPUs, a memory limit of its RAM plus an
-// overhead and a pids limit; on cgroup v1 and hybrid hosts in the cpu,
-// memory and pids hierarchies, on v2 in the unified one. Where that fails
+// overhead, a pids limit and an I/O limit on the disk of its directory; on
+// cgroup v1 and hybrid hosts in the cpu, memory, pids and blkio
+// hierarchies, on v2 in the unified one. Where that fails
 // (no permission, controller missing) the driver logs a warning and runs
 // the sandbox without limits.
 //
@@ -96,6 +97,9 @@ type Options struct {
 	// Pids is pids.max of each QEMU's cgroup (its threads: vCPUs, I/O
 	// workers). 0 means DefaultPids.
 	Pids int
+	// IO limits each QEMU's block I/O on the disk of its directory; the
+	// zero value means runtime.DefaultIOLimit.
+	IO runtime.IOLimit
 	// BootTimeout bounds a template boot until envd answers. Default 3 min.
 	BootTimeout time.Duration
 	// PoolNoRestore makes Prespawn stop at a QEMU waiting for its state
@@ -153,6 +157,9 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if opts.Pids == 0 {
 		opts.Pids = DefaultPids
+	}
+	if opts.IO == (runtime.IOLimit{}) {
+		opts.IO = runtime.DefaultIOLimit
 	}
 	if opts.MemoryOverheadMB == 0 {
 		opts.MemoryOverheadMB = 256

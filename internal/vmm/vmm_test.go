@@ -287,6 +287,13 @@ func TestDriver(t *testing.T) {
 			if got, want := strings.TrimSpace(string(b)), strconv.Itoa(DefaultPids); err != nil || got != want {
 				t.Errorf("clone %d: pids.max = %q (%v), want %s", i, got, err, want)
 			}
+			major, minor, err := runtime.BlockDevice(specs[i].Dir)
+			blkio := filepath.Join(cgroupRoot, "blkio", "cocoon-vmmtest", specs[i].ID, "blkio.throttle.write_bps_device")
+			if b, ferr := os.ReadFile(blkio); err == nil && ferr == nil {
+				if want := fmt.Sprintf("%d:%d %d", major, minor, runtime.DefaultIOLimit.WriteBps); !strings.Contains(string(b), want) {
+					t.Errorf("clone %d: %s = %q, want %q", i, blkio, b, want)
+				}
+			}
 		}
 	})
 
