@@ -26,6 +26,7 @@ type nodeFlags struct {
 	netPool     string
 	installRSC  bool
 	cgroupLimit bool
+	asRoot      bool
 }
 
 func (f *nodeFlags) register(cmd *cobra.Command) {
@@ -36,7 +37,9 @@ func (f *nodeFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.netPrefix, "net-prefix", "cocoon", "name prefix of network namespaces and devices")
 	fl.StringVar(&f.netPool, "net-pool", "10.200.0.0/16", "address pool of the per-sandbox links")
 	fl.BoolVar(&f.installRSC, "install-runsc", true, "build runsc (gVisor) into <data-dir>/bin when it is missing")
-	fl.BoolVar(&f.cgroupLimit, "cgroups", true, "put each sandbox in its own cgroup with CPU and memory limits")
+	fl.BoolVar(&f.cgroupLimit, "cgroups", true, "put each sandbox in its own cgroup with CPU, memory, pids and I/O limits")
+	fl.BoolVar(&f.asRoot, "sandboxes-as-root", false,
+		"run QEMU and gVisor's sandbox and gofer as root instead of unprivileged host ids (for filesystems without idmapped mounts)")
 }
 
 // node is what one orchestrator runs on: its runtimes and network slots.
@@ -61,6 +64,9 @@ func openNode(ctx context.Context, dataDir string, f *nodeFlags, tmpl *runtime.T
 	}
 	n := &node{runtimes: map[string]runtime.Runtime{}, slots: slots}
 	var problems []string
+	if err := checkSandboxIDs("/etc"); err != nil && !f.asRoot {
+		log.Error("host accounts overlap the sandboxes' ids; they could reach the sandboxes' processes", "err", err)
+	}
 
 	cg := ""
 	if !f.cgroupLimit {
@@ -87,7 +93,7 @@ func openNode(ctx context.Context, dataDir string, f *nodeFlags, tmpl *runtime.T
 		default:
 			return nil, fmt.Errorf("--accel %q: want auto, kvm or tcg", f.accel)
 		}
-		rt, err := vmm.New(vmm.Options{DataDir: dataDir, Accel: accel, CgroupParent: cg, Logger: log})
+		rt, err := vmm.New(vmm.Options{DataDir: dataDir, Accel: accel, CgroupParent: cg, AsRoot: f.asRoot, Logger: log})
 		if err != nil {
 			problems = append(problems, "qemu: "+err.Error())
 		} else {
@@ -115,6 +121,7 @@ func openNode(ctx context.Context, dataDir string, f *nodeFlags, tmpl *runtime.T
 		StateDir:     filepath.Join(dataDir, "gvisor", "state"),
 		CgroupParent: gcg,
 		ReapplyAddr:  network.ReapplyAddr,
+		AsRoot:       f.asRoot,
 	}); err != nil {
 		problems = append(problems, "gvisor: "+err.Error())
 	} else {

@@ -39,6 +39,12 @@ func newSetupCmd(g *globalFlags) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(out, "gvisor: %s (platform %s)\n", runsc, platform)
+			if err := checkSandboxIDs("/etc"); err != nil {
+				return err
+			}
+			for _, r := range sandboxIDs {
+				fmt.Fprintf(out, "ids:    host uids/gids %d-%d for %s (no account holds them)\n", r.first, r.first+r.size-1, r.name)
+			}
 			return nil
 		},
 	}
