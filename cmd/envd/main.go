@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/cocoon-run/cocoon/internal/envd"
+	"github.com/cocoon-run/cocoon/internal/envd/oom"
 )
 
 func main() {
@@ -46,6 +47,8 @@ func run() error {
 	token := fs.String("token", envOr("ENVD_ACCESS_TOKEN", ""), "initial access token (env ENVD_ACCESS_TOKEN)")
 	defUser := fs.String("default-user", envOr("ENVD_DEFAULT_USER", ""), `default account (default "user" when it exists, else envd's own)`)
 	debug := fs.Bool("debug", os.Getenv("ENVD_DEBUG") != "", "log every request (env ENVD_DEBUG)")
+	oomMode := fs.String("oom-killer", envOr("ENVD_OOM_KILLER", "auto"),
+		"kill the largest process when the sandbox runs out of memory: on, off, or auto: on when envd is PID 1 or 2, the sandbox's own daemon (env ENVD_OOM_KILLER)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
@@ -76,6 +79,23 @@ func run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	switch *oomMode {
+	case "on", "auto":
+		// auto: never on a machine envd merely runs on (tests, a host).
+		if *oomMode == "on" || os.Getpid() <= 2 {
+			// envd does not lower its own oom_score_adj: the processes it
+			// starts would inherit it, and Killer spares -1000.
+			k := &oom.Killer{Log: log}
+			go func() {
+				if err := k.Run(ctx); err != nil && ctx.Err() == nil {
+					log.Warn("oom killer stopped", "err", err)
+				}
+			}()
+		}
+	case "off":
+	default:
+		return fmt.Errorf("-oom-killer %q: want on, off or auto", *oomMode)
+	}
 	log.Info("envd starting", "version", envd.Version, "addr", ln.Addr().String(), "pid", os.Getpid(), "token", *token != "")
 	if err := srv.Serve(ctx, ln); err != nil {
 		return err

@@ -38,10 +38,31 @@ func envdURL(addr netip.Addr) string {
 	return "http://" + netip.AddrPortFrom(addr, EnvdPort).String()
 }
 
-// DefaultOverlay keeps a sandbox's writes in sandbox memory, which
-// runsc checkpoint saves with the rest of the memory: a paused sandbox's
-// files come back on restore, and nothing is written to the shared rootfs.
-const DefaultOverlay = "root:memory"
+// DefaultOverlay keeps a sandbox's writes in a file on the host's disk: an
+// overlay whose upper layer (a tmpfs in the sentry) is backed by an
+// unlinked file runsc creates in the sandbox's directory, sized by the
+// template's DiskMB (df inside shows it; a write past it fails with ENOSPC
+// for the writer alone). It is Cocoon's name for runsc's
+// --overlay2=root:dir=<Spec.Dir>,size=<DiskMB>m. runsc checkpoint saves the
+// file's pages with the rest of the memory, so a paused sandbox's files
+// come back on restore (the size too: it is part of the checkpoint), and
+// the file is gone once the sandbox exits. "root:memory" (runsc's own
+// value) kept writes in sandbox memory, charged to its memory limit: 700
+// MiB written to a 512 MiB sandbox killed it.
+const DefaultOverlay = "root:file"
+
+// overlayFlag is runsc's --overlay2 for a sandbox whose files are in dir,
+// of diskMB MiB (0: no size, e.g. a restore, whose size is in the image).
+func (d *Driver) overlayFlag(dir string, diskMB int) string {
+	o := d.cfg.Overlay
+	if o == DefaultOverlay {
+		o = "root:dir=" + dir
+	}
+	if diskMB > 0 && o != "none" && !strings.Contains(o, ",size=") {
+		o += ",size=" + strconv.Itoa(diskMB) + "m"
+	}
+	return o
+}
 
 // Config configures a Driver.
 type Config struct {
@@ -190,7 +211,9 @@ func (d *Driver) globalArgs(debugDir string) []string {
 		"--root", d.cfg.StateDir,
 		"--platform", d.cfg.Platform,
 		"--network", "sandbox",
-		"--overlay2", d.cfg.Overlay,
+		// A restore must name the same medium as its checkpoint; commands
+		// other than run and restore do not use it (see start).
+		"--overlay2", d.overlayFlag(d.cfg.StateDir, 0),
 		// Honour setuid/setgid bits (sudo, su): runsc ignores them by
 		// default. The sandbox is the isolation boundary; inside it the
 		// base image promises `user` passwordless sudo. The setting is
@@ -236,7 +259,10 @@ func checkpointDir(dir string) string { return filepath.Join(dir, "checkpoint") 
 // start launches a container from the bundle in dir, either fresh (image ==
 // "") or from a checkpoint image, detached, with its stdout and stderr (and
 // runsc's own errors) appended to dir/console.log.
-func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network.Slot) error {
+//
+// The sandbox's writable layer is a file in dir of diskMB MiB (see
+// DefaultOverlay); a restore takes its size from the image.
+func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network.Slot, diskMB int) error {
 	if err := d.cfg.ReapplyAddr(ctx, slot); err != nil {
 		return fmt.Errorf("reapply slot address: %w", err)
 	}
@@ -251,6 +277,11 @@ func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network
 		debugDir = filepath.Join(dir, "debug")
 	}
 	args := d.globalArgs(debugDir)
+	for i := range args {
+		if i > 0 && args[i-1] == "--overlay2" {
+			args[i] = d.overlayFlag(dir, diskMB)
+		}
+	}
 	pidFile := filepath.Join(dir, pidFileName)
 	os.Remove(pidFile)
 	if image == "" {
@@ -348,7 +379,7 @@ func (d *Driver) BuildSnapshot(ctx context.Context, t *runtime.Template, slot *n
 		d.remove(ctx, id)
 		return fmt.Errorf("gvisor: %w", err)
 	}
-	if err := d.start(ctx, id, dir, "", slot); err != nil {
+	if err := d.start(ctx, id, dir, "", slot, t.DiskMB); err != nil {
 		return fmt.Errorf("gvisor: start template: %w", err)
 	}
 	defer d.remove(context.WithoutCancel(ctx), id)
@@ -479,7 +510,7 @@ func (d *Driver) restore(ctx context.Context, src runtime.Source, spec runtime.S
 	}
 	err := d.bundle(spec.ID, spec.Dir, spec.ID, src.Template.RootfsDir, spec.Slot, spec.VCPUs, spec.MemoryMB)
 	if err == nil {
-		err = d.start(ctx, spec.ID, spec.Dir, checkpointDir(from), spec.Slot)
+		err = d.start(ctx, spec.ID, spec.Dir, checkpointDir(from), spec.Slot, 0)
 	}
 	var inst *instance
 	if err == nil {
