@@ -244,7 +244,14 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		if dsn == "" {
 			dsn = "sqlite://" + filepath.Join(dataDir, "cocoon.db")
 		}
-		st, err := store.Open(ctx, dsn)
+		// Sandbox tokens and env vars are sealed with this key: a copy of
+		// the database alone reveals none of them. Every api and proxy
+		// sharing one database needs the same key file.
+		key, err := store.LoadOrCreateKey(filepath.Join(dataDir, "secrets.key"))
+		if err != nil {
+			return err
+		}
+		st, err := store.Open(ctx, dsn, store.WithSecretsKey(key))
 		if err != nil {
 			return err
 		}
