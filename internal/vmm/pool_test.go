@@ -40,6 +40,7 @@ func TestPrespawnClaim(t *testing.T) {
 	}
 	t.Cleanup(func() { inst.Kill(ctx) })
 	t.Logf("claimed in %v", time.Since(t0))
+	checkUnprivileged(t, r, inst.(*Instance), slot)
 	if _, err := os.Stat(poolDir); !os.IsNotExist(err) {
 		t.Errorf("pool dir after claim: %v", err)
 	}
