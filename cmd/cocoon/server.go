@@ -311,6 +311,8 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 			if err != nil {
 				return fmt.Errorf("api listener: %w", err)
 			}
+			// The first answers already show sandboxes whose runtime is gone as dead.
+			apiSrv.ReconcileAtStart(ctx)
 			serve("api", ln, apiSrv.Handler())
 			group.Go(func() error { return apiSrv.Run(ctx) })
 		}
@@ -320,7 +322,10 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		if err != nil {
 			return fmt.Errorf("proxy listener: %w", err)
 		}
-		serve("proxy", ln, proxy.New(resolver{apiSrv}, f.domain, log))
+		px := proxy.New(resolver{apiSrv}, f.domain, log)
+		// A sandbox found dead fails its proxied requests at once.
+		apiSrv.OnDeath(px.Fail)
+		serve("proxy", ln, px)
 	}
 
 	group.Go(func() error {
@@ -350,6 +355,9 @@ func (r resolver) Resolve(ctx context.Context, id string) (proxy.Target, error) 
 		return proxy.Target{}, proxy.ErrNotFound
 	case errors.Is(err, api.ErrSandboxPaused):
 		return proxy.Target{}, proxy.ErrPaused
+	}
+	if dead := (*api.DeadError)(nil); errors.As(err, &dead) {
+		return proxy.Target{}, &proxy.DeadError{ID: id, Reason: dead.Reason}
 	}
 	return proxy.Target{Addr: addr, Epoch: started.UnixNano()}, err
 }

@@ -178,7 +178,7 @@ func (s *Server) reconcileNode(ctx context.Context, node string) error {
 	for _, sb := range ours {
 		known[sb.ID] = true
 		n := onNode[sb.ID]
-		if sb.State != store.StateRunning && sb.UpdatedAt.After(stale) {
+		if sb.State != store.StateRunning && sb.UpdatedAt.After(stale) && !s.orphaned(sb) {
 			continue // an operation may be in flight in some api process
 		}
 		if err := s.settle(ctx, sb, n); err != nil {
@@ -194,6 +194,17 @@ func (s *Server) reconcileNode(ctx context.Context, node string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// orphaned tells whether sb's transition (creating, pausing, resuming)
+// was begun by an api process that is gone: it started before this one
+// and this one holds no lock on it. The node has settled its side at its
+// own start (a pause finished or rolled back, a create cleaned), so its
+// answer is the truth. With several api processes on one store, one
+// restarting may settle another's operation in flight; that operation
+// then fails its version check and reports the conflict.
+func (s *Server) orphaned(sb store.Sandbox) bool {
+	return sb.UpdatedAt.Before(s.started) && !s.locks.held(sb.ID)
 }
 
 // settle brings one stored sandbox in line with the node's report n (nil
@@ -226,7 +237,9 @@ func (s *Server) settle(ctx context.Context, sb store.Sandbox, n *orchestratorv1
 			reason = n.GetDetail()
 		}
 		s.logger.WarnContext(ctx, "sandbox dead", "sandbox", sb.ID, "node", sb.NodeID, "reason", reason)
-		_, err = s.store.SetSandboxState(ctx, sb.ID, from, store.StateDead, reason)
+		if _, err = s.store.SetSandboxState(ctx, sb.ID, from, store.StateDead, reason); err == nil {
+			s.notifyDeath(sb.ID, reason)
+		}
 	}
 	if err != nil && !errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("settle sandbox %s: %w", sb.ID, err)

@@ -796,7 +796,15 @@ func nodeData(n *orchestratorv1.Sandbox) json.RawMessage {
 var (
 	ErrSandboxNotFound = errors.New("sandbox not found")
 	ErrSandboxPaused   = errors.New("sandbox is paused")
+	// ErrSandboxDead comes wrapped in a *DeadError that says why.
+	ErrSandboxDead = errors.New("sandbox is dead")
 )
+
+// DeadError is Resolve's error for a sandbox whose runtime died.
+type DeadError struct{ Reason string }
+
+func (e *DeadError) Error() string { return "sandbox is dead: " + e.Reason }
+func (e *DeadError) Unwrap() error { return ErrSandboxDead }
 
 // Resolve returns the node address of a running sandbox for the sandbox
 // proxy, and the time it last started (which changes on every resume). A paused sandbox created with auto-resume is resumed first, with
@@ -827,6 +835,8 @@ func (s *Server) Resolve(ctx context.Context, id string) (addr string, started t
 		if sb.State != store.StateRunning {
 			return "", time.Time{}, ErrSandboxPaused
 		}
+	case store.StateDead:
+		return "", time.Time{}, &DeadError{Reason: sb.StateReason}
 	default:
 		return "", time.Time{}, ErrSandboxNotFound
 	}

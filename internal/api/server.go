@@ -122,6 +122,11 @@ type Server struct {
 
 	mux    *http.ServeMux
 	routes []route
+
+	started    time.Time // rows in transition before it are settled at once
+	reconciled sync.Once // the reconcile at start
+	deathMu    sync.Mutex
+	onDeath    []func(id, reason string)
 }
 
 // New builds the api over st and nodes.
@@ -146,6 +151,8 @@ func New(cfg Config, st store.Store, nodes NodeSet, logger *slog.Logger) (*Serve
 		locks:  newKeyedMutex(),
 		now:    time.Now,
 		mux:    http.NewServeMux(),
+
+		started: time.Now(),
 	}
 	if cfg.RateLimit > 0 {
 		s.limit = newRateLimiter(cfg.RateLimit, cfg.RateBurst, time.Now)
@@ -161,13 +168,30 @@ func (s *Server) Handler() http.Handler {
 	return s.recoverer(s.notFound(s.mux))
 }
 
+// ReconcileAtStart compares the store with the nodes once (unless it ran
+// already): sandboxes whose runtime is gone become dead, and operations an
+// earlier api process left half-way are settled from the nodes' view. Call
+// it before serving, so that the first answers are true; a node that does
+// not answer within 10 s is left to the periodic reconcile.
+func (s *Server) ReconcileAtStart(ctx context.Context) {
+	s.reconciled.Do(func() {
+		t0 := time.Now()
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := s.reconcile(ctx); err != nil {
+			s.logger.WarnContext(ctx, "reconcile at start", "err", err)
+		}
+		s.logger.InfoContext(ctx, "reconcile at start done", "took", time.Since(t0).Round(time.Millisecond))
+	})
+}
+
 // Run drives the background loops until ctx ends: it reconciles with the
-// nodes once at start, then enforces expirations, samples metrics and
-// reconciles periodically.
+// nodes once at start (see ReconcileAtStart), follows the nodes' death
+// reports, then enforces expirations, samples metrics and reconciles
+// periodically.
 func (s *Server) Run(ctx context.Context) error {
-	if err := s.reconcile(ctx); err != nil {
-		s.logger.WarnContext(ctx, "initial reconcile", "err", err)
-	}
+	s.watchNodes(ctx)
+	s.ReconcileAtStart(ctx)
 	var wg sync.WaitGroup
 	loop := func(every time.Duration, name string, f func(context.Context) error) {
 		wg.Add(1)
@@ -376,6 +400,13 @@ type refMutex struct {
 }
 
 func newKeyedMutex() *keyedMutex { return &keyedMutex{locks: map[string]*refMutex{}} }
+
+// held tells whether key is locked (or waited for) in this process.
+func (k *keyedMutex) held(key string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.locks[key] != nil
+}
 
 // lock locks key and returns its unlock function.
 func (k *keyedMutex) lock(key string) func() {

@@ -38,6 +38,11 @@ func (i *instance) String() string        { return "gvisor sandbox " + i.id }
 // Pause checkpoints the sandbox (memory, processes and its in-memory
 // overlay, so its files too) into dir/checkpoint, then deletes it and
 // removes its directory.
+//
+// runsc checkpoint runs under a shell of its own that outlives an
+// orchestrator crash: it records its pid in dir/checkpoint.pid and creates
+// dir/checkpoint.done only once runsc has written the whole image, so that
+// RecoverPause can tell a complete checkpoint from a torn one.
 func (i *instance) Pause(ctx context.Context, dir string) error {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -48,13 +53,22 @@ func (i *instance) Pause(ctx context.Context, dir string) error {
 		return fmt.Errorf("gvisor: create pause dir: %w", err)
 	}
 	// runsc checkpoint stops the sandbox once the image is written.
-	if _, err := i.d.runsc(ctx, "checkpoint", "--image-path", checkpointDir(dir), i.id); err != nil {
+	if err := i.d.checkpoint(ctx, i.id, dir); err != nil {
 		return fmt.Errorf("gvisor: pause %s: %w", i.id, err)
 	}
 	if err := writeMeta(dir, i.d); err != nil {
 		return fmt.Errorf("gvisor: pause %s: %w", i.id, err)
 	}
 	return i.destroy(ctx)
+}
+
+// ExitReason implements runtime.ExitReasoner: a sandbox whose memory
+// cgroup counted an OOM kill died of it.
+func (i *instance) ExitReason() string {
+	if cg := i.d.cgroupPath(i.id); cg != "" && runtime.OOMKills(cg) > 0 {
+		return runtime.ReasonOOM
+	}
+	return ""
 }
 
 // Kill implements runtime.Instance.

@@ -134,6 +134,10 @@ type Sandbox struct {
 	// from the warm pool keeps the name it was started under, since runsc
 	// cannot rename a container.
 	RuntimeID string `json:"runtimeID,omitempty"`
+	// Pausing is the intent of a Pause, written to the record before the
+	// runtime starts saving: after a crash, reconcile finishes the pause
+	// when the saved state is whole and rolls it back otherwise.
+	Pausing bool `json:"pausing,omitempty"`
 }
 
 // runtimeName is the name the runtime knows the sandbox by.
@@ -164,6 +168,9 @@ type Orchestrator struct {
 	refilling atomic.Bool // a network slot refill is running
 	pool      *warmPool
 	starting  chan struct{} // a token per restore in flight (MaxStarting)
+
+	events *events
+	swept  chan struct{} // closed when the startup sweep is over
 }
 
 // New starts an orchestrator: it re-adopts the sandboxes recorded under
@@ -185,7 +192,7 @@ func New(ctx context.Context, cfg Config) (*Orchestrator, error) {
 		cfg.MaxStarting = goruntime.NumCPU()
 	}
 	o := &Orchestrator{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*entry{}, envdHTTP: newEnvdHTTP(),
-		starting: make(chan struct{}, cfg.MaxStarting)}
+		starting: make(chan struct{}, cfg.MaxStarting), events: newEvents(), swept: make(chan struct{})}
 	o.pool = &warmPool{o: o, queues: map[poolKey]*warmQueue{}}
 	for _, d := range []string{o.recordDir(), o.sandboxRoot(), o.snapshotRoot()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -421,7 +428,9 @@ func (o *Orchestrator) start(ctx context.Context, p CreateParams) (sb Sandbox, e
 	return e.sb, nil
 }
 
-// watch marks a sandbox dead when its runtime process exits on its own.
+// watch marks a sandbox dead when its runtime process exits on its own,
+// removes what it held at once (slot, runtime state, cgroup, directory)
+// and reports the death to the node's watchers.
 func (o *Orchestrator) watch(id string, e *entry, inst runtime.Instance) {
 	<-inst.Done()
 	e.mu.Lock()
@@ -429,10 +438,23 @@ func (o *Orchestrator) watch(id string, e *entry, inst runtime.Instance) {
 	if e.inst != inst || e.sb.State != StateRunning {
 		return // paused or killed on purpose
 	}
+	reason := "runtime exited"
+	if r, ok := inst.(runtime.ExitReasoner); ok {
+		if why := r.ExitReason(); why != "" {
+			reason = why
+		}
+	}
 	e.sb.State = StateDead
-	e.sb.Detail = "the sandbox's " + e.sb.Runtime + " process exited; console tail:\n" + runtime.TailLog(e.sb.Console, 20)
-	o.log.Warn("sandbox died", "id", id, "detail", e.sb.Detail)
+	e.sb.Detail = reason
+	o.log.Warn("sandbox died", "id", id, "runtime", e.sb.Runtime, "reason", reason,
+		"console", runtime.TailLog(e.sb.Console, 20))
 	e.inst = nil
+	o.events.publish(e.sb)
+	// Kill of an exited instance removes its runtime state (runsc's
+	// container record, its cgroup) and its directory.
+	if err := inst.Kill(context.Background()); err != nil {
+		o.log.Warn("clean up dead sandbox", "id", id, "err", err)
+	}
 	if e.sb.Slot != nil {
 		if err := o.cfg.Slots.Release(context.Background(), e.sb.Slot); err != nil {
 			o.log.Warn("release slot of dead sandbox", "id", id, "err", err)
@@ -522,31 +544,55 @@ func (o *Orchestrator) Pause(ctx context.Context, id string) (Sandbox, error) {
 			o.log.Warn("drop host connections before pause", "id", id, "err", err)
 		}
 	}
+	// The intent first: a crash from here on is settled by reconcile
+	// (the pause finished when the saved state is whole, else rolled back).
+	e.sb.Pausing = true
+	e.sb.Snapshot = filepath.Join(snap, "state")
+	if err := o.writeRecord(&e.sb); err != nil {
+		e.sb.Pausing, e.sb.Snapshot = false, ""
+		return e.sb, fmt.Errorf("record pause intent: %w", err)
+	}
 	// Detach first so that watch() does not report the exit as a death.
 	e.sb.State = StatePaused
 	if err := inst.Pause(ctx, filepath.Join(snap, "state")); err != nil {
 		e.sb.State = StateRunning
+		e.sb.Pausing, e.sb.Snapshot = false, ""
 		_ = os.RemoveAll(snap)
+		if werr := o.writeRecord(&e.sb); werr != nil {
+			o.log.Warn("clear pause intent", "id", id, "err", werr)
+		}
 		return e.sb, fmt.Errorf("pause: %w", err)
 	}
 	e.inst = nil
-	if e.sb.Slot != nil {
-		if err := o.cfg.Slots.Release(ctx, e.sb.Slot); err != nil {
-			o.log.Warn("release slot", "id", id, "err", err)
-		}
-	}
-	e.sb.Slot = nil
-	e.sb.Address = ""
-	e.sb.Snapshot = filepath.Join(snap, "state")
-	if err := writeJSON(filepath.Join(snap, "record.json"), &e.sb); err != nil {
+	if err := o.finishPause(ctx, &e.sb); err != nil {
 		return e.sb, err
 	}
-	_ = os.RemoveAll(filepath.Join(o.sandboxRoot(), id))
-	_ = os.Remove(o.recordPath(id))
 	o.mu.Lock()
 	delete(o.sandboxes, id)
 	o.mu.Unlock()
 	return e.sb, nil
+}
+
+// finishPause records sb, whose state is saved in <snapshots>/<id>/state,
+// as paused (record.json there marks the pause complete), and releases
+// what it held as a running sandbox.
+func (o *Orchestrator) finishPause(ctx context.Context, sb *Sandbox) error {
+	if sb.Slot != nil {
+		if err := o.cfg.Slots.Release(ctx, sb.Slot); err != nil {
+			o.log.Warn("release slot", "id", sb.ID, "err", err)
+		}
+	}
+	sb.State = StatePaused
+	sb.Pausing = false
+	sb.Slot = nil
+	sb.Address = ""
+	sb.Snapshot = filepath.Join(o.SnapshotDir(sb.ID), "state")
+	if err := writeJSON(filepath.Join(o.SnapshotDir(sb.ID), "record.json"), sb); err != nil {
+		return err
+	}
+	_ = os.RemoveAll(filepath.Join(o.sandboxRoot(), sb.runtimeName()))
+	_ = os.Remove(o.recordPath(sb.ID))
+	return nil
 }
 
 func (o *Orchestrator) pausedRecord(id string) (Sandbox, error) {

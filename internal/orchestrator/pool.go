@@ -300,7 +300,11 @@ func (o *Orchestrator) releaseSlot(s *network.Slot) {
 // cleanPool kills whatever an earlier process left in the pool directory.
 func (o *Orchestrator) cleanPool() error {
 	root := o.poolRoot()
-	if err := killStrays(root, func(string) bool { return false }, o.log); err != nil {
+	killed, err := killStrays(root, func(string) bool { return false }, o.log)
+	if err != nil {
+		return err
+	}
+	if err := waitExited(killed, 10*time.Second); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(root); err != nil {

@@ -295,3 +295,23 @@ func (s *Service) BuildTemplate(ctx context.Context, req *connect.Request[orchv1
 	}
 	return stream.Send(&orchv1.BuildTemplateResponse{Dir: res.Dir, Runtimes: res.Runtimes, Cached: res.Cached})
 }
+
+// Watch streams the node's sandbox events (deaths) until the client goes.
+func (s *Service) Watch(ctx context.Context, _ *connect.Request[orchv1.WatchRequest], stream *connect.ServerStream[orchv1.WatchResponse]) error {
+	ch, stop := s.o.Subscribe()
+	defer stop()
+	// The headers go out now, so that the client knows it is subscribed.
+	if err := stream.Send(&orchv1.WatchResponse{}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case sb := <-ch:
+			if err := stream.Send(&orchv1.WatchResponse{Sandbox: toProto(sb)}); err != nil {
+				return err
+			}
+		}
+	}
+}

@@ -124,3 +124,23 @@ type Reconciler interface {
 type SnapshotChecker interface {
 	SnapshotCurrent(t *Template) error
 }
+
+// PauseRecoverer is implemented by drivers whose Pause an orchestrator crash
+// can interrupt half-way (the saving goes on in a process of its own).
+// RecoverPause settles a Pause of the sandbox spec into dir: it waits for a
+// save still in progress (until ctx ends), then either finishes the pause,
+// when dir holds a complete saved state (the sandbox is stopped and its
+// Spec.Dir removed; it returns complete = true), or rolls it back: the
+// sandbox runs on and is returned re-adopted. It returns an error when
+// neither is possible (the state is torn and the sandbox is gone).
+type PauseRecoverer interface {
+	RecoverPause(ctx context.Context, spec Spec, dir string) (inst Instance, complete bool, err error)
+}
+
+// ExitReasoner is implemented by instances that can tell why their process
+// exited on its own (e.g. "out of memory" when its cgroup counted an OOM
+// kill). ExitReason is asked after Done is closed and before Kill; "" means
+// no known reason.
+type ExitReasoner interface {
+	ExitReason() string
+}

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cocoon-run/cocoon/internal/runtime"
 	"github.com/cocoon-run/cocoon/internal/vmm/qmp"
 )
 
@@ -243,4 +244,65 @@ func copyFile(src, dst string) error {
 		}
 	}
 	return out.Close()
+}
+
+// RecoverPause implements runtime.PauseRecoverer. QEMU saves on its own
+// once the migration has started, so an orchestrator crash during a Pause
+// leaves it migrating, or stopped after the migration: a completed
+// migration finishes the pause as Pause would have; anything else resumes
+// the guest, which runs on.
+func (r *Runtime) RecoverPause(ctx context.Context, spec runtime.Spec, dir string) (runtime.Instance, bool, error) {
+	i, err := r.adopt(ctx, spec)
+	if err != nil {
+		return nil, false, fmt.Errorf("pause of %s was cut short and the sandbox is gone: %w", spec.ID, err)
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := i.qmp.Execute(ctx, "query-migrate", nil, &st); err != nil {
+		return nil, false, fmt.Errorf("recover pause of %s: %w", spec.ID, err)
+	}
+	if st.Status == "active" || st.Status == "setup" || st.Status == "device" {
+		if err := waitMigration(ctx, i.qmp, i.done); err != nil {
+			st.Status = "failed"
+		} else {
+			st.Status = "completed"
+		}
+	}
+	if st.Status != "completed" {
+		if err := i.qmp.Execute(ctx, "cont", nil, nil); err != nil {
+			return nil, false, fmt.Errorf("recover pause of %s: resume the guest: %w", spec.ID, err)
+		}
+		return i, false, nil
+	}
+	m := i.machine
+	m.Template = "" // the stream carries all of RAM
+	i.dead = true
+	if err := i.kill(); err != nil {
+		return nil, false, err
+	}
+	if err := moveFile(filepath.Join(i.dir, diskName), filepath.Join(dir, diskName)); err != nil {
+		return nil, false, fmt.Errorf("recover pause of %s: save disk: %w", spec.ID, err)
+	}
+	if err := writeMeta(filepath.Join(dir, metaName), m); err != nil {
+		return nil, false, err
+	}
+	removeCgroups(i.cgroups)
+	if err := os.RemoveAll(i.dir); err != nil {
+		return nil, false, fmt.Errorf("remove sandbox dir: %w", err)
+	}
+	return nil, true, nil
+}
+
+// ExitReason implements runtime.ExitReasoner: a QEMU whose memory cgroup
+// counted an OOM kill died of it.
+func (i *Instance) ExitReason() string {
+	for _, d := range i.cgroups {
+		if runtime.OOMKillsIn(d) > 0 {
+			return runtime.ReasonOOM
+		}
+	}
+	return ""
 }

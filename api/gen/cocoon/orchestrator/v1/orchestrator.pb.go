@@ -1344,6 +1344,86 @@ func (x *NodeResponse) GetWarm() uint32 {
 	return 0
 }
 
+type WatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{21}
+}
+
+type WatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchResponse) Reset() {
+	*x = WatchResponse{}
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResponse) ProtoMessage() {}
+
+func (x *WatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchResponse) Descriptor() ([]byte, []int) {
+	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *WatchResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
 // OCIImage names an image in a registry to import as a root filesystem.
 type OCIImage struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -1358,7 +1438,7 @@ type OCIImage struct {
 
 func (x *OCIImage) Reset() {
 	*x = OCIImage{}
-	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[21]
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1450,7 @@ func (x *OCIImage) String() string {
 func (*OCIImage) ProtoMessage() {}
 
 func (x *OCIImage) ProtoReflect() protoreflect.Message {
-	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[21]
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1463,7 @@ func (x *OCIImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OCIImage.ProtoReflect.Descriptor instead.
 func (*OCIImage) Descriptor() ([]byte, []int) {
-	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{21}
+	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *OCIImage) GetRef() string {
@@ -1448,7 +1528,7 @@ type BuildTemplateRequest struct {
 
 func (x *BuildTemplateRequest) Reset() {
 	*x = BuildTemplateRequest{}
-	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[22]
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1540,7 @@ func (x *BuildTemplateRequest) String() string {
 func (*BuildTemplateRequest) ProtoMessage() {}
 
 func (x *BuildTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[22]
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1553,7 @@ func (x *BuildTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildTemplateRequest.ProtoReflect.Descriptor instead.
 func (*BuildTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{22}
+	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BuildTemplateRequest) GetCacheKey() string {
@@ -1641,7 +1721,7 @@ type BuildTemplateResponse struct {
 
 func (x *BuildTemplateResponse) Reset() {
 	*x = BuildTemplateResponse{}
-	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[23]
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1733,7 @@ func (x *BuildTemplateResponse) String() string {
 func (*BuildTemplateResponse) ProtoMessage() {}
 
 func (x *BuildTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[23]
+	mi := &file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1746,7 @@ func (x *BuildTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuildTemplateResponse.ProtoReflect.Descriptor instead.
 func (*BuildTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{23}
+	return file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BuildTemplateResponse) GetLog() string {
@@ -1807,7 +1887,10 @@ const file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x05accel\x18\x04 \x01(\tR\x05accel\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1c\n" +
 	"\tsandboxes\x18\x06 \x01(\rR\tsandboxes\x12\x12\n" +
-	"\x04warm\x18\a \x01(\rR\x04warm\"p\n" +
+	"\x04warm\x18\a \x01(\rR\x04warm\"\x0e\n" +
+	"\fWatchRequest\"J\n" +
+	"\rWatchResponse\x129\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1f.cocoon.orchestrator.v1.SandboxR\asandbox\"p\n" +
 	"\bOCIImage\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
@@ -1846,7 +1929,7 @@ const file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\rSTATE_RUNNING\x10\x01\x12\x10\n" +
 	"\fSTATE_PAUSED\x10\x02\x12\x0e\n" +
 	"\n" +
-	"STATE_DEAD\x10\x032\x87\a\n" +
+	"STATE_DEAD\x10\x032\xdf\a\n" +
 	"\x13OrchestratorService\x12W\n" +
 	"\x06Create\x12%.cocoon.orchestrator.v1.CreateRequest\x1a&.cocoon.orchestrator.v1.CreateResponse\x12N\n" +
 	"\x03Get\x12\".cocoon.orchestrator.v1.GetRequest\x1a#.cocoon.orchestrator.v1.GetResponse\x12Q\n" +
@@ -1856,7 +1939,8 @@ const file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc = "" +
 	"\x04Kill\x12#.cocoon.orchestrator.v1.KillRequest\x1a$.cocoon.orchestrator.v1.KillResponse\x12S\n" +
 	"\x04Logs\x12#.cocoon.orchestrator.v1.LogsRequest\x1a$.cocoon.orchestrator.v1.LogsResponse0\x01\x12Z\n" +
 	"\aMetrics\x12&.cocoon.orchestrator.v1.MetricsRequest\x1a'.cocoon.orchestrator.v1.MetricsResponse\x12Q\n" +
-	"\x04Node\x12#.cocoon.orchestrator.v1.NodeRequest\x1a$.cocoon.orchestrator.v1.NodeResponse\x12n\n" +
+	"\x04Node\x12#.cocoon.orchestrator.v1.NodeRequest\x1a$.cocoon.orchestrator.v1.NodeResponse\x12V\n" +
+	"\x05Watch\x12$.cocoon.orchestrator.v1.WatchRequest\x1a%.cocoon.orchestrator.v1.WatchResponse0\x01\x12n\n" +
 	"\rBuildTemplate\x12,.cocoon.orchestrator.v1.BuildTemplateRequest\x1a-.cocoon.orchestrator.v1.BuildTemplateResponse0\x01BLZJgithub.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1;orchestratorv1b\x06proto3"
 
 var (
@@ -1872,7 +1956,7 @@ func file_cocoon_orchestrator_v1_orchestrator_proto_rawDescGZIP() []byte {
 }
 
 var file_cocoon_orchestrator_v1_orchestrator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_cocoon_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(State)(0),                    // 0: cocoon.orchestrator.v1.State
 	(*Egress)(nil),                // 1: cocoon.orchestrator.v1.Egress
@@ -1896,57 +1980,62 @@ var file_cocoon_orchestrator_v1_orchestrator_proto_goTypes = []any{
 	(*MetricsResponse)(nil),       // 19: cocoon.orchestrator.v1.MetricsResponse
 	(*NodeRequest)(nil),           // 20: cocoon.orchestrator.v1.NodeRequest
 	(*NodeResponse)(nil),          // 21: cocoon.orchestrator.v1.NodeResponse
-	(*OCIImage)(nil),              // 22: cocoon.orchestrator.v1.OCIImage
-	(*BuildTemplateRequest)(nil),  // 23: cocoon.orchestrator.v1.BuildTemplateRequest
-	(*BuildTemplateResponse)(nil), // 24: cocoon.orchestrator.v1.BuildTemplateResponse
-	nil,                           // 25: cocoon.orchestrator.v1.CreateRequest.EnvVarsEntry
-	nil,                           // 26: cocoon.orchestrator.v1.ResumeRequest.EnvVarsEntry
-	nil,                           // 27: cocoon.orchestrator.v1.BuildTemplateRequest.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(*WatchRequest)(nil),          // 22: cocoon.orchestrator.v1.WatchRequest
+	(*WatchResponse)(nil),         // 23: cocoon.orchestrator.v1.WatchResponse
+	(*OCIImage)(nil),              // 24: cocoon.orchestrator.v1.OCIImage
+	(*BuildTemplateRequest)(nil),  // 25: cocoon.orchestrator.v1.BuildTemplateRequest
+	(*BuildTemplateResponse)(nil), // 26: cocoon.orchestrator.v1.BuildTemplateResponse
+	nil,                           // 27: cocoon.orchestrator.v1.CreateRequest.EnvVarsEntry
+	nil,                           // 28: cocoon.orchestrator.v1.ResumeRequest.EnvVarsEntry
+	nil,                           // 29: cocoon.orchestrator.v1.BuildTemplateRequest.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
 }
 var file_cocoon_orchestrator_v1_orchestrator_proto_depIdxs = []int32{
 	2,  // 0: cocoon.orchestrator.v1.CreateRequest.template:type_name -> cocoon.orchestrator.v1.TemplateRef
-	25, // 1: cocoon.orchestrator.v1.CreateRequest.env_vars:type_name -> cocoon.orchestrator.v1.CreateRequest.EnvVarsEntry
+	27, // 1: cocoon.orchestrator.v1.CreateRequest.env_vars:type_name -> cocoon.orchestrator.v1.CreateRequest.EnvVarsEntry
 	1,  // 2: cocoon.orchestrator.v1.CreateRequest.egress:type_name -> cocoon.orchestrator.v1.Egress
 	0,  // 3: cocoon.orchestrator.v1.Sandbox.state:type_name -> cocoon.orchestrator.v1.State
-	28, // 4: cocoon.orchestrator.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
+	30, // 4: cocoon.orchestrator.v1.Sandbox.started_at:type_name -> google.protobuf.Timestamp
 	4,  // 5: cocoon.orchestrator.v1.CreateResponse.sandbox:type_name -> cocoon.orchestrator.v1.Sandbox
 	4,  // 6: cocoon.orchestrator.v1.GetResponse.sandbox:type_name -> cocoon.orchestrator.v1.Sandbox
 	4,  // 7: cocoon.orchestrator.v1.ListResponse.sandboxes:type_name -> cocoon.orchestrator.v1.Sandbox
 	4,  // 8: cocoon.orchestrator.v1.PauseResponse.sandbox:type_name -> cocoon.orchestrator.v1.Sandbox
 	2,  // 9: cocoon.orchestrator.v1.ResumeRequest.template:type_name -> cocoon.orchestrator.v1.TemplateRef
-	26, // 10: cocoon.orchestrator.v1.ResumeRequest.env_vars:type_name -> cocoon.orchestrator.v1.ResumeRequest.EnvVarsEntry
+	28, // 10: cocoon.orchestrator.v1.ResumeRequest.env_vars:type_name -> cocoon.orchestrator.v1.ResumeRequest.EnvVarsEntry
 	1,  // 11: cocoon.orchestrator.v1.ResumeRequest.egress:type_name -> cocoon.orchestrator.v1.Egress
 	4,  // 12: cocoon.orchestrator.v1.ResumeResponse.sandbox:type_name -> cocoon.orchestrator.v1.Sandbox
-	28, // 13: cocoon.orchestrator.v1.MetricsResponse.timestamp:type_name -> google.protobuf.Timestamp
-	2,  // 14: cocoon.orchestrator.v1.BuildTemplateRequest.parent:type_name -> cocoon.orchestrator.v1.TemplateRef
-	22, // 15: cocoon.orchestrator.v1.BuildTemplateRequest.image:type_name -> cocoon.orchestrator.v1.OCIImage
-	27, // 16: cocoon.orchestrator.v1.BuildTemplateRequest.env:type_name -> cocoon.orchestrator.v1.BuildTemplateRequest.EnvEntry
-	3,  // 17: cocoon.orchestrator.v1.OrchestratorService.Create:input_type -> cocoon.orchestrator.v1.CreateRequest
-	6,  // 18: cocoon.orchestrator.v1.OrchestratorService.Get:input_type -> cocoon.orchestrator.v1.GetRequest
-	8,  // 19: cocoon.orchestrator.v1.OrchestratorService.List:input_type -> cocoon.orchestrator.v1.ListRequest
-	10, // 20: cocoon.orchestrator.v1.OrchestratorService.Pause:input_type -> cocoon.orchestrator.v1.PauseRequest
-	12, // 21: cocoon.orchestrator.v1.OrchestratorService.Resume:input_type -> cocoon.orchestrator.v1.ResumeRequest
-	14, // 22: cocoon.orchestrator.v1.OrchestratorService.Kill:input_type -> cocoon.orchestrator.v1.KillRequest
-	16, // 23: cocoon.orchestrator.v1.OrchestratorService.Logs:input_type -> cocoon.orchestrator.v1.LogsRequest
-	18, // 24: cocoon.orchestrator.v1.OrchestratorService.Metrics:input_type -> cocoon.orchestrator.v1.MetricsRequest
-	20, // 25: cocoon.orchestrator.v1.OrchestratorService.Node:input_type -> cocoon.orchestrator.v1.NodeRequest
-	23, // 26: cocoon.orchestrator.v1.OrchestratorService.BuildTemplate:input_type -> cocoon.orchestrator.v1.BuildTemplateRequest
-	5,  // 27: cocoon.orchestrator.v1.OrchestratorService.Create:output_type -> cocoon.orchestrator.v1.CreateResponse
-	7,  // 28: cocoon.orchestrator.v1.OrchestratorService.Get:output_type -> cocoon.orchestrator.v1.GetResponse
-	9,  // 29: cocoon.orchestrator.v1.OrchestratorService.List:output_type -> cocoon.orchestrator.v1.ListResponse
-	11, // 30: cocoon.orchestrator.v1.OrchestratorService.Pause:output_type -> cocoon.orchestrator.v1.PauseResponse
-	13, // 31: cocoon.orchestrator.v1.OrchestratorService.Resume:output_type -> cocoon.orchestrator.v1.ResumeResponse
-	15, // 32: cocoon.orchestrator.v1.OrchestratorService.Kill:output_type -> cocoon.orchestrator.v1.KillResponse
-	17, // 33: cocoon.orchestrator.v1.OrchestratorService.Logs:output_type -> cocoon.orchestrator.v1.LogsResponse
-	19, // 34: cocoon.orchestrator.v1.OrchestratorService.Metrics:output_type -> cocoon.orchestrator.v1.MetricsResponse
-	21, // 35: cocoon.orchestrator.v1.OrchestratorService.Node:output_type -> cocoon.orchestrator.v1.NodeResponse
-	24, // 36: cocoon.orchestrator.v1.OrchestratorService.BuildTemplate:output_type -> cocoon.orchestrator.v1.BuildTemplateResponse
-	27, // [27:37] is the sub-list for method output_type
-	17, // [17:27] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	30, // 13: cocoon.orchestrator.v1.MetricsResponse.timestamp:type_name -> google.protobuf.Timestamp
+	4,  // 14: cocoon.orchestrator.v1.WatchResponse.sandbox:type_name -> cocoon.orchestrator.v1.Sandbox
+	2,  // 15: cocoon.orchestrator.v1.BuildTemplateRequest.parent:type_name -> cocoon.orchestrator.v1.TemplateRef
+	24, // 16: cocoon.orchestrator.v1.BuildTemplateRequest.image:type_name -> cocoon.orchestrator.v1.OCIImage
+	29, // 17: cocoon.orchestrator.v1.BuildTemplateRequest.env:type_name -> cocoon.orchestrator.v1.BuildTemplateRequest.EnvEntry
+	3,  // 18: cocoon.orchestrator.v1.OrchestratorService.Create:input_type -> cocoon.orchestrator.v1.CreateRequest
+	6,  // 19: cocoon.orchestrator.v1.OrchestratorService.Get:input_type -> cocoon.orchestrator.v1.GetRequest
+	8,  // 20: cocoon.orchestrator.v1.OrchestratorService.List:input_type -> cocoon.orchestrator.v1.ListRequest
+	10, // 21: cocoon.orchestrator.v1.OrchestratorService.Pause:input_type -> cocoon.orchestrator.v1.PauseRequest
+	12, // 22: cocoon.orchestrator.v1.OrchestratorService.Resume:input_type -> cocoon.orchestrator.v1.ResumeRequest
+	14, // 23: cocoon.orchestrator.v1.OrchestratorService.Kill:input_type -> cocoon.orchestrator.v1.KillRequest
+	16, // 24: cocoon.orchestrator.v1.OrchestratorService.Logs:input_type -> cocoon.orchestrator.v1.LogsRequest
+	18, // 25: cocoon.orchestrator.v1.OrchestratorService.Metrics:input_type -> cocoon.orchestrator.v1.MetricsRequest
+	20, // 26: cocoon.orchestrator.v1.OrchestratorService.Node:input_type -> cocoon.orchestrator.v1.NodeRequest
+	22, // 27: cocoon.orchestrator.v1.OrchestratorService.Watch:input_type -> cocoon.orchestrator.v1.WatchRequest
+	25, // 28: cocoon.orchestrator.v1.OrchestratorService.BuildTemplate:input_type -> cocoon.orchestrator.v1.BuildTemplateRequest
+	5,  // 29: cocoon.orchestrator.v1.OrchestratorService.Create:output_type -> cocoon.orchestrator.v1.CreateResponse
+	7,  // 30: cocoon.orchestrator.v1.OrchestratorService.Get:output_type -> cocoon.orchestrator.v1.GetResponse
+	9,  // 31: cocoon.orchestrator.v1.OrchestratorService.List:output_type -> cocoon.orchestrator.v1.ListResponse
+	11, // 32: cocoon.orchestrator.v1.OrchestratorService.Pause:output_type -> cocoon.orchestrator.v1.PauseResponse
+	13, // 33: cocoon.orchestrator.v1.OrchestratorService.Resume:output_type -> cocoon.orchestrator.v1.ResumeResponse
+	15, // 34: cocoon.orchestrator.v1.OrchestratorService.Kill:output_type -> cocoon.orchestrator.v1.KillResponse
+	17, // 35: cocoon.orchestrator.v1.OrchestratorService.Logs:output_type -> cocoon.orchestrator.v1.LogsResponse
+	19, // 36: cocoon.orchestrator.v1.OrchestratorService.Metrics:output_type -> cocoon.orchestrator.v1.MetricsResponse
+	21, // 37: cocoon.orchestrator.v1.OrchestratorService.Node:output_type -> cocoon.orchestrator.v1.NodeResponse
+	23, // 38: cocoon.orchestrator.v1.OrchestratorService.Watch:output_type -> cocoon.orchestrator.v1.WatchResponse
+	26, // 39: cocoon.orchestrator.v1.OrchestratorService.BuildTemplate:output_type -> cocoon.orchestrator.v1.BuildTemplateResponse
+	29, // [29:40] is the sub-list for method output_type
+	18, // [18:29] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_cocoon_orchestrator_v1_orchestrator_proto_init() }
@@ -1954,7 +2043,7 @@ func file_cocoon_orchestrator_v1_orchestrator_proto_init() {
 	if File_cocoon_orchestrator_v1_orchestrator_proto != nil {
 		return
 	}
-	file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[22].OneofWrappers = []any{
+	file_cocoon_orchestrator_v1_orchestrator_proto_msgTypes[24].OneofWrappers = []any{
 		(*BuildTemplateRequest_SandboxId)(nil),
 		(*BuildTemplateRequest_Image)(nil),
 		(*BuildTemplateRequest_ParentRootfs)(nil),
@@ -1965,7 +2054,7 @@ func file_cocoon_orchestrator_v1_orchestrator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc), len(file_cocoon_orchestrator_v1_orchestrator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

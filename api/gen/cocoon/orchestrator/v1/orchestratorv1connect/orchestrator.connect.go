@@ -63,6 +63,9 @@ const (
 	// OrchestratorServiceNodeProcedure is the fully-qualified name of the OrchestratorService's Node
 	// RPC.
 	OrchestratorServiceNodeProcedure = "/cocoon.orchestrator.v1.OrchestratorService/Node"
+	// OrchestratorServiceWatchProcedure is the fully-qualified name of the OrchestratorService's Watch
+	// RPC.
+	OrchestratorServiceWatchProcedure = "/cocoon.orchestrator.v1.OrchestratorService/Watch"
 	// OrchestratorServiceBuildTemplateProcedure is the fully-qualified name of the
 	// OrchestratorService's BuildTemplate RPC.
 	OrchestratorServiceBuildTemplateProcedure = "/cocoon.orchestrator.v1.OrchestratorService/BuildTemplate"
@@ -86,6 +89,10 @@ type OrchestratorServiceClient interface {
 	Metrics(context.Context, *connect.Request[v1.MetricsRequest]) (*connect.Response[v1.MetricsResponse], error)
 	// Node describes the node: runtimes, acceleration, capacity.
 	Node(context.Context, *connect.Request[v1.NodeRequest]) (*connect.Response[v1.NodeResponse], error)
+	// Watch streams the changes the node makes on its own, as they happen: a
+	// sandbox whose runtime died (its process exited, or the OOM killer
+	// struck) is sent with state STATE_DEAD and the reason in detail.
+	Watch(context.Context, *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error)
 	// BuildTemplate makes a template build's artifacts on this node: a root
 	// filesystem (exported from a build sandbox, imported from an OCI image,
 	// or reused from a cached layer), the parent's kernel and initrd, and a
@@ -159,6 +166,12 @@ func NewOrchestratorServiceClient(httpClient connect.HTTPClient, baseURL string,
 			connect.WithSchema(orchestratorServiceMethods.ByName("Node")),
 			connect.WithClientOptions(opts...),
 		),
+		watch: connect.NewClient[v1.WatchRequest, v1.WatchResponse](
+			httpClient,
+			baseURL+OrchestratorServiceWatchProcedure,
+			connect.WithSchema(orchestratorServiceMethods.ByName("Watch")),
+			connect.WithClientOptions(opts...),
+		),
 		buildTemplate: connect.NewClient[v1.BuildTemplateRequest, v1.BuildTemplateResponse](
 			httpClient,
 			baseURL+OrchestratorServiceBuildTemplateProcedure,
@@ -179,6 +192,7 @@ type orchestratorServiceClient struct {
 	logs          *connect.Client[v1.LogsRequest, v1.LogsResponse]
 	metrics       *connect.Client[v1.MetricsRequest, v1.MetricsResponse]
 	node          *connect.Client[v1.NodeRequest, v1.NodeResponse]
+	watch         *connect.Client[v1.WatchRequest, v1.WatchResponse]
 	buildTemplate *connect.Client[v1.BuildTemplateRequest, v1.BuildTemplateResponse]
 }
 
@@ -227,6 +241,11 @@ func (c *orchestratorServiceClient) Node(ctx context.Context, req *connect.Reque
 	return c.node.CallUnary(ctx, req)
 }
 
+// Watch calls cocoon.orchestrator.v1.OrchestratorService.Watch.
+func (c *orchestratorServiceClient) Watch(ctx context.Context, req *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error) {
+	return c.watch.CallServerStream(ctx, req)
+}
+
 // BuildTemplate calls cocoon.orchestrator.v1.OrchestratorService.BuildTemplate.
 func (c *orchestratorServiceClient) BuildTemplate(ctx context.Context, req *connect.Request[v1.BuildTemplateRequest]) (*connect.ServerStreamForClient[v1.BuildTemplateResponse], error) {
 	return c.buildTemplate.CallServerStream(ctx, req)
@@ -251,6 +270,10 @@ type OrchestratorServiceHandler interface {
 	Metrics(context.Context, *connect.Request[v1.MetricsRequest]) (*connect.Response[v1.MetricsResponse], error)
 	// Node describes the node: runtimes, acceleration, capacity.
 	Node(context.Context, *connect.Request[v1.NodeRequest]) (*connect.Response[v1.NodeResponse], error)
+	// Watch streams the changes the node makes on its own, as they happen: a
+	// sandbox whose runtime died (its process exited, or the OOM killer
+	// struck) is sent with state STATE_DEAD and the reason in detail.
+	Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error
 	// BuildTemplate makes a template build's artifacts on this node: a root
 	// filesystem (exported from a build sandbox, imported from an OCI image,
 	// or reused from a cached layer), the parent's kernel and initrd, and a
@@ -320,6 +343,12 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 		connect.WithSchema(orchestratorServiceMethods.ByName("Node")),
 		connect.WithHandlerOptions(opts...),
 	)
+	orchestratorServiceWatchHandler := connect.NewServerStreamHandler(
+		OrchestratorServiceWatchProcedure,
+		svc.Watch,
+		connect.WithSchema(orchestratorServiceMethods.ByName("Watch")),
+		connect.WithHandlerOptions(opts...),
+	)
 	orchestratorServiceBuildTemplateHandler := connect.NewServerStreamHandler(
 		OrchestratorServiceBuildTemplateProcedure,
 		svc.BuildTemplate,
@@ -346,6 +375,8 @@ func NewOrchestratorServiceHandler(svc OrchestratorServiceHandler, opts ...conne
 			orchestratorServiceMetricsHandler.ServeHTTP(w, r)
 		case OrchestratorServiceNodeProcedure:
 			orchestratorServiceNodeHandler.ServeHTTP(w, r)
+		case OrchestratorServiceWatchProcedure:
+			orchestratorServiceWatchHandler.ServeHTTP(w, r)
 		case OrchestratorServiceBuildTemplateProcedure:
 			orchestratorServiceBuildTemplateHandler.ServeHTTP(w, r)
 		default:
@@ -391,6 +422,10 @@ func (UnimplementedOrchestratorServiceHandler) Metrics(context.Context, *connect
 
 func (UnimplementedOrchestratorServiceHandler) Node(context.Context, *connect.Request[v1.NodeRequest]) (*connect.Response[v1.NodeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("cocoon.orchestrator.v1.OrchestratorService.Node is not implemented"))
+}
+
+func (UnimplementedOrchestratorServiceHandler) Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("cocoon.orchestrator.v1.OrchestratorService.Watch is not implemented"))
 }
 
 func (UnimplementedOrchestratorServiceHandler) BuildTemplate(context.Context, *connect.Request[v1.BuildTemplateRequest], *connect.ServerStream[v1.BuildTemplateResponse]) error {

@@ -1,0 +1,118 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"connectrpc.com/connect"
+
+	orchestratorv1 "github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1"
+	"github.com/cocoon-run/cocoon/internal/store"
+)
+
+// watchNodes follows every node's Watch stream until ctx ends, so that a
+// sandbox whose runtime dies is marked dead (with the node's reason) and
+// its proxied requests are failed within moments, not at the next
+// reconcile. A broken stream is opened again after a short pause; each
+// time it is open, a reconcile of that node catches what it missed.
+func (s *Server) watchNodes(ctx context.Context) {
+	for _, node := range s.nodes.IDs() {
+		go s.watchNode(ctx, node)
+	}
+}
+
+func (s *Server) watchNode(ctx context.Context, node string) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := s.watchOnce(ctx, node)
+		if ctx.Err() != nil {
+			return
+		}
+		if connect.CodeOf(err) == connect.CodeUnimplemented {
+			s.logger.WarnContext(ctx, "node has no Watch: deaths are noticed by reconcile only", "node", node)
+			return
+		}
+		s.logger.DebugContext(ctx, "node watch ended; reconnecting", "node", node, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (s *Server) watchOnce(ctx context.Context, node string) error {
+	client, err := s.nodes.Client(node)
+	if err != nil {
+		return err
+	}
+	stream, err := client.Watch(ctx, connect.NewRequest(&orchestratorv1.WatchRequest{}))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	for first := true; stream.Receive(); first = false {
+		if first {
+			// Subscribed: deaths before now may have gone unheard.
+			go func() {
+				if err := s.reconcileNode(ctx, node); err != nil && ctx.Err() == nil {
+					s.logger.DebugContext(ctx, "reconcile on watch", "node", node, "err", err)
+				}
+			}()
+		}
+		n := stream.Msg().GetSandbox()
+		if n.GetState() == orchestratorv1.State_STATE_DEAD {
+			s.sandboxDied(ctx, n.GetSandboxId(), node, n.GetDetail())
+		}
+	}
+	if err := stream.Err(); err != nil {
+		return err
+	}
+	return errors.New("stream closed")
+}
+
+// sandboxDied marks a sandbox whose runtime died dead with reason, and
+// tells the death hook (the proxy), unless the store has moved it on
+// (killed, paused) meanwhile.
+func (s *Server) sandboxDied(ctx context.Context, id, node, reason string) {
+	if reason == "" {
+		reason = "runtime exited"
+	}
+	unlock := s.locks.lock(id)
+	defer unlock()
+	sb, err := s.store.GetSandbox(ctx, id)
+	if err != nil || sb.NodeID != node {
+		return
+	}
+	switch sb.State {
+	case store.StateRunning, store.StateCreating, store.StateResuming, store.StatePausing:
+	default:
+		return
+	}
+	if _, err := s.store.SetSandboxState(ctx, id, []store.SandboxState{sb.State}, store.StateDead, reason); err != nil {
+		s.logger.WarnContext(ctx, "mark sandbox dead", "sandbox", id, "err", err)
+		return
+	}
+	s.logger.WarnContext(ctx, "sandbox died", "sandbox", id, "node", node, "reason", reason)
+	s.notifyDeath(id, reason)
+}
+
+// OnDeath registers f to be told about every sandbox found dead (by the
+// node's watch or by reconcile), e.g. the proxy, which fails the requests
+// in flight to it.
+func (s *Server) OnDeath(f func(id, reason string)) {
+	s.deathMu.Lock()
+	defer s.deathMu.Unlock()
+	s.onDeath = append(s.onDeath, f)
+}
+
+func (s *Server) notifyDeath(id, reason string) {
+	s.deathMu.Lock()
+	hooks := s.onDeath
+	s.deathMu.Unlock()
+	for _, f := range hooks {
+		f(id, reason)
+	}
+}
