@@ -133,6 +133,35 @@ func (p *orchProc) kill(sig syscall.Signal) {
 	}
 }
 
+// crashDataDir makes a fresh data dir <test data>/otest/<name> for a
+// `cocoon orchestrator` of runtime rt: the suite's base template as its
+// current one and, for gVisor, the suite's runsc.
+func (e *env) crashDataDir(tb testing.TB, name, rt string) string {
+	tb.Helper()
+	d := filepath.Join(e.dataDir, "otest", name)
+	if err := os.RemoveAll(d); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(d, "templates", "base"), 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "templates", "base", "current"), []byte(e.tmpl.Dir+"\n"), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	if rt == gvisor.Name {
+		if err := os.MkdirAll(filepath.Join(d, "bin"), 0o755); err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.Symlink(e.runsc, filepath.Join(d, "bin", "runsc")); err != nil {
+			tb.Fatal(err)
+		}
+		if b, err := os.ReadFile(e.runsc + ".platform"); err == nil {
+			_ = os.WriteFile(filepath.Join(d, "bin", "runsc.platform"), b, 0o644)
+		}
+	}
+	return d
+}
+
 // TestCrashRecovery runs the orchestrator as its own process, kills it
 // with SIGKILL and checks that the next one re-adopts the sandboxes its
 // records name and removes the ones no record owns, and that in the end
@@ -141,27 +170,7 @@ func TestCrashRecovery(t *testing.T) {
 	e := need(t)
 	e.each(t, func(t *testing.T, rt string) {
 		ctx := context.Background()
-		d := filepath.Join(e.dataDir, "otest", "crash-"+rt)
-		if err := os.RemoveAll(d); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.MkdirAll(filepath.Join(d, "templates", "base"), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(d, "templates", "base", "current"), []byte(e.tmpl.Dir+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if rt == gvisor.Name {
-			if err := os.MkdirAll(filepath.Join(d, "bin"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink(e.runsc, filepath.Join(d, "bin", "runsc")); err != nil {
-				t.Fatal(err)
-			}
-			if b, err := os.ReadFile(e.runsc + ".platform"); err == nil {
-				_ = os.WriteFile(filepath.Join(d, "bin", "runsc.platform"), b, 0o644)
-			}
-		}
+		d := e.crashDataDir(t, "crash-"+rt, rt)
 
 		// 1. Two sandboxes through the RPC, each taken from the warm pool
 		// (which the orchestrator fills at start).
@@ -345,4 +354,104 @@ func TestRPCAuth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCrashDuringPause: kill -9 of the orchestrator while it pauses a
+// sandbox holding 100 MiB of files, then a restart: the sandbox is either
+// paused (the save was whole: resuming it gives its files back) or still
+// running (rolled back), never lost; and once it is killed nothing is left
+// (no snapshot owned by nothing, no sandbox directory, no process).
+func TestCrashDuringPause(t *testing.T) {
+	e := need(t)
+	e.each(t, func(t *testing.T, rt string) {
+		ctx := context.Background()
+		d := e.crashDataDir(t, "pausecrash-"+rt, rt)
+		p := e.startOrchestrator(t, d, rt)
+		p.waitWarm(t)
+		id := newID("op")
+		tmpl := &orchv1.TemplateRef{Dir: e.tmpl.Dir, TemplateId: "base", BuildId: e.tmpl.ID}
+		resp, err := p.client.Create(ctx, connect.NewRequest(&orchv1.CreateRequest{
+			SandboxId: id, Runtime: rt, EnvdAccessToken: testToken, Template: tmpl,
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := mustRun(t, resp.Msg.Sandbox.Address,
+			"head -c 100M /dev/urandom > /home/user/big && echo kept > /home/user/mark && sha256sum /home/user/big | cut -d' ' -f1")
+
+		go func() { _, _ = p.client.Pause(ctx, connect.NewRequest(&orchv1.PauseRequest{SandboxId: id})) }()
+		// Kill once the save is under way: gVisor's checkpoint records its
+		// pid when it starts; QEMU migrates as soon as the intent is down.
+		record := filepath.Join(d, "node", "sandboxes", id+".json")
+		started := func() bool {
+			if rt == gvisor.Name {
+				return exists(filepath.Join(d, "snapshots", id, "state", "checkpoint.pid"))
+			}
+			b, err := os.ReadFile(record)
+			return err == nil && strings.Contains(string(b), `"pausing": true`)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for !started() {
+			if time.Now().After(deadline) {
+				t.Fatal("the pause did not start within a minute")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		p.kill(syscall.SIGKILL)
+
+		t0 := time.Now()
+		p = e.startOrchestrator(t, d, rt)
+		t.Logf("%s: orchestrator answering %v after the restart", rt, time.Since(t0).Round(time.Millisecond))
+		got, err := p.client.Get(ctx, connect.NewRequest(&orchv1.GetRequest{SandboxId: id}))
+		if err != nil {
+			t.Fatalf("the sandbox is lost after a crash during its pause: %v (log: %s)", err, runtime.TailLog(filepath.Join(d, "orchestrator.log"), 20))
+		}
+		addr := got.Msg.Sandbox.Address
+		switch st := got.Msg.Sandbox.State; st {
+		case orchv1.State_STATE_PAUSED:
+			t.Logf("%s: the interrupted pause was completed", rt)
+			if exists(record) {
+				t.Errorf("a paused sandbox still has its running record %s", record)
+			}
+			res, err := p.client.Resume(ctx, connect.NewRequest(&orchv1.ResumeRequest{
+				SandboxId: id, Runtime: rt, EnvdAccessToken: testToken, Template: tmpl,
+				Snapshot: got.Msg.Sandbox.Snapshot,
+			}))
+			if err != nil {
+				t.Fatalf("resume after the completed pause: %v", err)
+			}
+			addr = res.Msg.Sandbox.Address
+		case orchv1.State_STATE_RUNNING:
+			t.Logf("%s: the interrupted pause was rolled back", rt)
+			if exists(filepath.Join(d, "snapshots", id)) {
+				t.Errorf("a rolled-back pause left its snapshot dir")
+			}
+		default:
+			t.Fatalf("after a crash during its pause the sandbox is %s (%s), want paused or running", st, got.Msg.Sandbox.Detail)
+		}
+		if out := mustRun(t, addr, "cat /home/user/mark && sha256sum /home/user/big | cut -d' ' -f1"); out != "kept\n"+sum {
+			t.Errorf("files after the restart: %q, want %q", out, "kept\n"+sum)
+		}
+
+		if _, err := p.client.Kill(ctx, connect.NewRequest(&orchv1.KillRequest{SandboxId: id, DeleteSnapshot: true})); err != nil {
+			t.Fatal(err)
+		}
+		p.kill(syscall.SIGTERM)
+		for _, sub := range []string{"sandboxes", "snapshots", filepath.Join("node", "sandboxes")} {
+			ents, _ := os.ReadDir(filepath.Join(d, sub))
+			if len(ents) != 0 {
+				var names []string
+				for _, e := range ents {
+					names = append(names, e.Name())
+				}
+				t.Errorf("left under %s: %v", sub, names)
+			}
+		}
+		if left := procsMentioning(d); len(left) != 0 {
+			t.Errorf("processes mentioning %s are left: %v", d, left)
+		}
+		if err := os.RemoveAll(d); err != nil {
+			t.Error(err)
+		}
+	})
 }
