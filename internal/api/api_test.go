@@ -510,9 +510,17 @@ func TestRateLimit(t *testing.T) {
 	if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 1 || ra > 2 {
 		t.Errorf("Retry-After = %q, want 1-2 s", r.header.Get("Retry-After"))
 	}
-	// Buckets are per key: team B is unaffected.
+	// Buckets are per team: team B is unaffected, a second key of team A
+	// (issue 18: before, each key had its own bucket) is not.
 	if r := e.do(e.keyB, "GET", "/v2/sandboxes", nil); r.status != 200 {
-		t.Errorf("other key limited: %d", r.status)
+		t.Errorf("other team limited: %d", r.status)
+	}
+	key, hash, prefix := store.GenerateAPIKey()
+	if err := e.store.CreateAPIKey(context.Background(), store.APIKey{ID: "k-a2", TeamID: e.teamA, Hash: hash, Prefix: prefix, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.do(key, "GET", "/v2/sandboxes", nil); r.status != 429 {
+		t.Errorf("team A's second key: %d, want 429 (the team's bucket is empty)", r.status)
 	}
 }
 

@@ -82,10 +82,12 @@ func bearer(r *http.Request) string {
 	return ""
 }
 
-// rateKey is the bucket a request draws from: its API key, or "admin".
+// rateKey is the bucket a request draws from: its API key's team (all of
+// a team's keys share one limit, so more keys buy no more requests), or
+// "admin".
 func rateKey(r *http.Request) string {
 	if p := principalFrom(r.Context()); p.keyID != "" {
-		return "key:" + p.keyID
+		return "team:" + p.teamID
 	}
 	return "admin"
 }
