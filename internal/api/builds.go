@@ -452,7 +452,7 @@ func (b *buildRun) do(ctx context.Context) (string, []string, error) {
 			img.Username, img.Password, user = r.Username, r.Password, r.Username
 		}
 		parentID = "image:" + spec.FromImage + ":" + user
-		layer := cache.Key("image", "1", baseBuild.ID, spec.FromImage, user, forceSalt(spec, b.build.ID))
+		layer := cache.Key("image", "1", teamSalt(b.team), baseBuild.ID, spec.FromImage, user, forceSalt(spec, b.build.ID))
 		dir, _, _, err := b.nodeBuild(ctx, client, &orchestratorv1.BuildTemplateRequest{
 			CacheKey: cache.Key("image-template", layer), LayerKey: layer,
 			Parent: &orchestratorv1.TemplateRef{Dir: baseBuild.ArtifactDir}, Source: &orchestratorv1.BuildTemplateRequest_Image{Image: img},
@@ -465,7 +465,11 @@ func (b *buildRun) do(ctx context.Context) (string, []string, error) {
 		}
 		parent = store.TemplateBuild{ID: layer, ArtifactDir: dir}
 	}
-	layer, final := steps.Keys(parentID+forceSalt(spec, b.build.ID), spec, b.tmpl.CPUCount, b.tmpl.MemoryMB)
+	keyed, err := s.keySpec(ctx, b.tmpl.ID, spec)
+	if err != nil {
+		return "", nil, err
+	}
+	layer, final := steps.Keys(teamSalt(b.team)+parentID+forceSalt(spec, b.build.ID), keyed, b.tmpl.CPUCount, b.tmpl.MemoryMB)
 	st := steps.Final(spec)
 	req := &orchestratorv1.BuildTemplateRequest{
 		CacheKey: final, LayerKey: layer, Parent: &orchestratorv1.TemplateRef{Dir: parent.ArtifactDir},
