@@ -349,7 +349,7 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 type resolver struct{ api *api.Server }
 
 func (r resolver) Resolve(ctx context.Context, id string) (proxy.Target, error) {
-	addr, started, err := r.api.Resolve(ctx, id)
+	rt, err := r.api.Resolve(ctx, id)
 	switch {
 	case errors.Is(err, api.ErrSandboxNotFound):
 		return proxy.Target{}, proxy.ErrNotFound

@@ -31,8 +31,9 @@ type newSandboxRequest struct {
 	} `json:"autoResume"`
 	AllowInternetAccess *bool `json:"allow_internet_access"`
 	Network             *struct {
-		AllowOut []string `json:"allowOut"`
-		DenyOut  []string `json:"denyOut"`
+		AllowOut           []string `json:"allowOut"`
+		DenyOut            []string `json:"denyOut"`
+		AllowPublicTraffic *bool    `json:"allowPublicTraffic"`
 	} `json:"network"`
 	Secure    *bool `json:"secure"`
 	Lifecycle *struct {
@@ -55,6 +56,8 @@ type sandboxJSON struct {
 type networkJSON struct {
 	AllowOut []string `json:"allowOut,omitempty"`
 	DenyOut  []string `json:"denyOut,omitempty"`
+	// AllowPublicTraffic false: the proxy demands the traffic access token.
+	AllowPublicTraffic *bool `json:"allowPublicTraffic,omitempty"`
 }
 
 type lifecycleJSON struct {
@@ -297,6 +300,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 		AllowInternetAccess: req.AllowInternetAccess == nil || *req.AllowInternetAccess,
 	}
 	if req.Network != nil {
+		sb.RequireTrafficToken = req.Network.AllowPublicTraffic != nil && !*req.Network.AllowPublicTraffic
 		sb.AllowOut, sb.DenyOut = req.Network.AllowOut, req.Network.DenyOut
 	}
 	// IDs are never reused: the store keeps tombstones and refuses a used ID.
@@ -375,8 +379,11 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	allow := sb.AllowInternetAccess
 	d.AllowInternetAccess = &allow
-	if len(sb.AllowOut) > 0 || len(sb.DenyOut) > 0 {
+	if len(sb.AllowOut) > 0 || len(sb.DenyOut) > 0 || sb.RequireTrafficToken {
 		d.Network = &networkJSON{AllowOut: sb.AllowOut, DenyOut: sb.DenyOut}
+		if sb.RequireTrafficToken {
+			d.Network.AllowPublicTraffic = new(bool)
+		}
 	}
 	writeJSON(w, http.StatusOK, d)
 	return nil
@@ -806,22 +813,33 @@ type DeadError struct{ Reason string }
 func (e *DeadError) Error() string { return "sandbox is dead: " + e.Reason }
 func (e *DeadError) Unwrap() error { return ErrSandboxDead }
 
-// Resolve returns the node address of a running sandbox for the sandbox
-// proxy, and the time it last started (which changes on every resume). A paused sandbox created with auto-resume is resumed first, with
+// Route is what the sandbox proxy needs to reach a running sandbox.
+type Route struct {
+	// Addr is the sandbox's node address; Started the time it last
+	// started (which changes on every resume).
+	Addr    string
+	Started time.Time
+	// TrafficToken is set when the sandbox demands its traffic access
+	// token (created with network.allowPublicTraffic = false); EnvdToken
+	// is envd's access token.
+	TrafficToken, EnvdToken string
+}
+
+// Resolve returns the Route of a running sandbox for the sandbox proxy. A paused sandbox created with auto-resume is resumed first, with
 // the default timeout; any other paused sandbox gives ErrSandboxPaused.
-func (s *Server) Resolve(ctx context.Context, id string) (addr string, started time.Time, err error) {
+func (s *Server) Resolve(ctx context.Context, id string) (Route, error) {
 	sb, err := s.store.GetSandbox(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return "", time.Time{}, ErrSandboxNotFound
+		return Route{}, ErrSandboxNotFound
 	}
 	if err != nil {
-		return "", time.Time{}, err
+		return Route{}, err
 	}
 	switch sb.State {
 	case store.StateRunning:
 	case store.StatePaused, store.StatePausing, store.StateResuming:
 		if !sb.AutoResume {
-			return "", time.Time{}, ErrSandboxPaused
+			return Route{}, ErrSandboxPaused
 		}
 		unlock := s.locks.lock(id)
 		sb, err = s.store.GetSandbox(ctx, id)
@@ -830,19 +848,23 @@ func (s *Server) Resolve(ctx context.Context, id string) (addr string, started t
 		}
 		unlock()
 		if err != nil {
-			return "", time.Time{}, fmt.Errorf("auto-resume: %w", err)
+			return Route{}, fmt.Errorf("auto-resume: %w", err)
 		}
 		if sb.State != store.StateRunning {
-			return "", time.Time{}, ErrSandboxPaused
+			return Route{}, ErrSandboxPaused
 		}
 	case store.StateDead:
-		return "", time.Time{}, &DeadError{Reason: sb.StateReason}
+		return Route{}, &DeadError{Reason: sb.StateReason}
 	default:
-		return "", time.Time{}, ErrSandboxNotFound
+		return Route{}, ErrSandboxNotFound
 	}
 	var nd NodeData
 	if err := json.Unmarshal(sb.NodeData, &nd); err != nil || nd.Address == "" {
-		return "", time.Time{}, fmt.Errorf("sandbox %s has no known address", id)
+		return Route{}, fmt.Errorf("sandbox %s has no known address", id)
 	}
-	return nd.Address, sb.StartedAt, nil
+	rt := Route{Addr: nd.Address, Started: sb.StartedAt, EnvdToken: sb.EnvdAccessToken}
+	if sb.RequireTrafficToken {
+		rt.TrafficToken = sb.TrafficAccessToken
+	}
+	return rt, nil
 }

@@ -45,6 +45,12 @@ type Target struct {
 	// same, and the slot's conntrack no longer knows it (requests on it
 	// would hang rather than fail).
 	Epoch int64
+	// TrafficToken, when set, must come with every request (see allow).
+	TrafficToken string
+	// EnvdPort and EnvdToken: a request to envd's port with envd's own
+	// token passes without the traffic token (see allow).
+	EnvdPort  int
+	EnvdToken string
 }
 
 // Proxy is an http.Handler.
@@ -237,6 +243,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case err != nil:
 		writeError(w, http.StatusBadGateway, fmt.Sprintf("sandbox %q is not reachable: %v", id, err))
+		return
+	}
+	if !allow(w, r, t, port) {
 		return
 	}
 	host := net.JoinHostPort(addr, strconv.Itoa(port))
