@@ -359,7 +359,8 @@ func (r resolver) Resolve(ctx context.Context, id string) (proxy.Target, error) 
 	if dead := (*api.DeadError)(nil); errors.As(err, &dead) {
 		return proxy.Target{}, &proxy.DeadError{ID: id, Reason: dead.Reason}
 	}
-	return proxy.Target{Addr: addr, Epoch: started.UnixNano()}, err
+	return proxy.Target{Addr: rt.Addr, Epoch: rt.Started.UnixNano(),
+		TrafficToken: rt.TrafficToken, EnvdPort: orchestrator.EnvdPort, EnvdToken: rt.EnvdToken}, err
 }
 
 // nodeClient returns the node RPC client: over TCP when url is set, else
