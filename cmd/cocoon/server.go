@@ -325,7 +325,7 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		px := proxy.New(resolver{apiSrv}, f.domain, log)
 		// A sandbox found dead fails its proxied requests at once.
 		apiSrv.OnDeath(px.Fail)
-		serve("proxy", ln, px)
+		serve("proxy", ln, px.Limit(proxy.DefaultMaxInFlight))
 	}
 
 	group.Go(func() error {
