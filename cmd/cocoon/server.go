@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"github.com/cocoon-run/cocoon/internal/datadir"
@@ -40,6 +41,7 @@ type serverFlags struct {
 	prewarm     int
 	debug       bool
 	node        nodeFlags
+	tls         tlsFlags
 }
 
 func (f *serverFlags) registerAPI(cmd *cobra.Command) {
@@ -47,10 +49,16 @@ func (f *serverFlags) registerAPI(cmd *cobra.Command) {
 	fl.StringVar(&f.listen, "listen", envOr("COCOON_LISTEN", "127.0.0.1:3000"), "address of the REST API (E2B_API_URL)")
 	fl.StringVar(&f.db, "db", envOr("COCOON_DB", ""), "database: a postgres:// DSN, or sqlite:///path (default: SQLite in the data dir)")
 	fl.StringVar(&f.domain, "domain", envOr("COCOON_DOMAIN", ""), "sandbox domain for host routing (<port>-<id>.<domain>)")
+	if cmd.Flags().Lookup("tls-cert") == nil {
+		f.tls.register(cmd)
+	}
 }
 
 func (f *serverFlags) registerProxy(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.proxyListen, "proxy-listen", envOr("COCOON_PROXY_LISTEN", "127.0.0.1:3001"), "address of the sandbox proxy (E2B_SANDBOX_URL)")
+	if cmd.Flags().Lookup("tls-cert") == nil {
+		f.tls.register(cmd)
+	}
 }
 
 func (f *serverFlags) registerNode(cmd *cobra.Command) {
@@ -148,15 +156,21 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 	sock := filepath.Join(dataDir, "node.sock")
 	group, ctx := errgroup.WithContext(ctx)
 	var servers []*http.Server
+	// TLS on the public listeners (api, proxy); the node RPC has its own.
+	publicTLS, err := f.tls.config()
+	if err != nil {
+		return err
+	}
 	serve := func(name string, ln net.Listener, h http.Handler) {
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-		srv.Protocols = new(http.Protocols)
-		srv.Protocols.SetHTTP1(true)
-		srv.Protocols.SetUnencryptedHTTP2(true)
+		var tc *tls.Config
+		if name == "api" || name == "proxy" {
+			tc = publicTLS
+		}
 		servers = append(servers, srv)
-		log.Info("listening", "part", name, "addr", ln.Addr().String())
+		log.Info("listening", "part", name, "addr", ln.Addr().String(), "scheme", scheme(tc))
 		group.Go(func() error {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := serveListener(srv, ln, tc); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			return nil
@@ -297,7 +311,7 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 					}
 				}
 			}
-			if err := bootstrap(ctx, st, dataDir, "http://"+f.listen, "http://"+f.proxyListen, tmpl, tmplRuntimes, os.Stderr); err != nil {
+			if err := bootstrap(ctx, st, dataDir, scheme(publicTLS)+"://"+f.listen, scheme(publicTLS)+"://"+f.proxyListen, tmpl, tmplRuntimes, os.Stderr); err != nil {
 				return err
 			}
 		}
