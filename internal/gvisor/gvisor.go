@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -162,8 +163,28 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	d := &Driver{cfg: cfg, envd: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}
 	if !cfg.AsRoot {
 		d.ids = newIDMap(cfg.HostID, cfg.StateDir)
+		d.sweepViews(ctx)
 	}
 	return d, nil
+}
+
+// sweepViews unmounts the template views of containers runsc no longer
+// knows: left by a node that died between mounting one and starting its
+// container, or whose containers were removed behind its back.
+func (d *Driver) sweepViews(ctx context.Context) {
+	ents, err := os.ReadDir(d.ids.dir)
+	if err != nil || len(ents) == 0 {
+		return
+	}
+	ids, err := d.ListContainers(ctx)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !slices.Contains(ids, e.Name()) {
+			d.ids.unmount(e.Name())
+		}
+	}
 }
 
 // hostID is the host uid of the sandboxes' root; 0 when they run as root.

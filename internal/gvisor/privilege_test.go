@@ -181,3 +181,37 @@ func TestUnderNodeBoundingSet(t *testing.T) {
 		t.Fatalf("tests under the bounding set %v: %v\n%s", caps, err, out)
 	}
 }
+
+// A template view whose container runsc does not know (a node died between
+// the mount and runsc run) is unmounted by the next driver on the state
+// dir; a running container's view stays.
+func TestNewSweepsOrphanViews(t *testing.T) {
+	need(t)
+	d := newDriver(t)
+	tpl := newTemplate(t, d)
+	_, spec := restore(t, d, runtime.Source{Template: tpl})
+	orphan, err := d.ids.mount(d.cfg.Runsc, "orphan-view", fx.rootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(context.Background(), d.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if isMountPoint(orphan) {
+		t.Errorf("orphan view %s still mounted", orphan)
+	}
+	if p := d.ids.path(spec.ID); !isMountPoint(p) {
+		t.Errorf("running container's view %s was unmounted", p)
+	}
+}
+
+// isMountPoint reports whether path is in /proc/self/mountinfo.
+func isMountPoint(path string) bool {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == path {
+			return true
+		}
+	}
+	return false
+}
