@@ -134,6 +134,22 @@ func (r *Report) finish() {
 			})
 		}
 	}
+	for _, rt := range []string{"qemu", "gvisor"} {
+		ratio("first exec ÷ second exec ("+rt+")", "exec.first", rt, "exec.second", rt)
+		if sec, ok := r.find("exec.second", rt); ok {
+			target("first exec p50 ≤ 1.3× second ("+rt+")", "exec.first", rt, func(x Result) (string, bool) {
+				return fmt.Sprintf("%.1f ms = %.2f× %.1f ms", x.P50, x.P50/sec.P50, sec.P50), x.P50 <= 1.3*sec.P50
+			})
+		}
+		if h, ok := r.find("disk.write_1GiB.host_"+rt, "host"); ok {
+			target("1 GiB write within 1.5× host ("+rt+")", "disk.write_1GiB", rt, func(x Result) (string, bool) {
+				return fmt.Sprintf("%.0f MB/s vs host %.0f MB/s (%.2f×)", x.P50, h.P50, h.P50/x.P50), x.P50*1.5 >= h.P50
+			})
+		}
+	}
+	target("create → first commands.run p50 ≤ 60 ms (gvisor)", "create.first_exec", "gvisor", func(x Result) (string, bool) {
+		return fmt.Sprintf("%.1f ms", x.P50), x.P50 <= 60
+	})
 	if h, ok := r.find("compute.python_loop", "host"); ok {
 		target("compute within 1.2× host (gvisor)", "compute.python_loop", "gvisor", func(x Result) (string, bool) {
 			return fmt.Sprintf("%.2f×", x.P50/h.P50), x.P50 <= 1.2*h.P50

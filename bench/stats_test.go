@@ -21,3 +21,22 @@ func TestPercentiles(t *testing.T) {
 		t.Fatalf("no samples: %+v", r)
 	}
 }
+
+func TestDDRate(t *testing.T) {
+	tests := []struct {
+		in   string
+		want float64
+		err  bool
+	}{
+		{"1073741824 bytes (1.1 GB, 1.0 GiB) copied, 1.2 s, 895 MB/s", 895, false},
+		{"1073741824 bytes (1.1 GB, 1.0 GiB) copied, 0.5 s, 2.1 GB/s\n", 2100, false},
+		{"1024 bytes copied, 1 s, 1.0 kB/s", 0.001, false},
+		{"dd: error writing", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := ddRate(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("ddRate(%q) = %v, %v; want %v (error %v)", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}

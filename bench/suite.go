@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,7 +17,7 @@ import (
 )
 
 // Phases of the suite, selectable with Config.Only.
-var Phases = []string{"create", "exec", "compute", "files", "pause", "density", "baseline"}
+var Phases = []string{"create", "first", "exec", "compute", "files", "disk", "pause", "density", "baseline"}
 
 // Config configures a run of the suite.
 type Config struct {
@@ -152,8 +153,8 @@ func runRuntime(ctx context.Context, cfg *Config, rep *Report, rt string) error 
 		fn   func(context.Context, *Config, *Report, *target) error
 	}
 	for _, p := range []phase{
-		{"create", benchCreate}, {"exec", benchExec}, {"compute", benchCompute},
-		{"files", benchFiles}, {"pause", benchPause}, {"density", benchDensity},
+		{"create", benchCreate}, {"first", benchFirst}, {"exec", benchExec}, {"compute", benchCompute},
+		{"files", benchFiles}, {"disk", benchDisk}, {"pause", benchPause}, {"density", benchDensity},
 	} {
 		if !cfg.want(p.name) || ctx.Err() != nil {
 			continue
@@ -255,6 +256,107 @@ func benchCreate(ctx context.Context, cfg *Config, rep *Report, t *target) error
 	rep.add(scalar(fmt.Sprintf("create.concurrent%d.rate", cfg.Concurrency), t.rt, t.accel, "creates/s",
 		float64(len(conc))/wall.Seconds(), fmt.Sprintf("%d creates in %.2fs by %d clients", len(conc), wall.Seconds(), cfg.Concurrency)))
 	return firstErr
+}
+
+// benchFirst: what a user waits for after Sandbox.create: POST /sandboxes
+// then the first commands.run('true') (process.Start of
+// /bin/bash -l -c true, as the SDK sends it) to its end event, and the
+// second run right after, on the same connection; Creates times, each
+// sandbox killed before the next.
+func benchFirst(ctx context.Context, cfg *Config, rep *Report, t *target) error {
+	var createFirst, first, second Samples
+	for range cfg.Creates {
+		t0 := time.Now()
+		sb, err := t.c.Create(ctx, cfg.Template, 300)
+		if err != nil {
+			return err
+		}
+		pc := t.c.Process(sb, "user")
+		r1, err := t.c.Run(ctx, pc, "/bin/bash", "-l", "-c", "true")
+		if err == nil {
+			createFirst = append(createFirst, time.Since(t0))
+			first = append(first, r1.Elapsed)
+			var r2 RunResult
+			if r2, err = t.c.Run(ctx, pc, "/bin/bash", "-l", "-c", "true"); err == nil {
+				second = append(second, r2.Elapsed)
+			}
+		}
+		if kerr := t.c.Kill(ctx, sb.ID); err == nil {
+			err = kerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	rep.add(msResult("create.first_exec", t.rt, t.accel, createFirst))
+	rep.add(msResult("exec.first", t.rt, t.accel, first))
+	rep.add(msResult("exec.second", t.rt, t.accel, second))
+	return nil
+}
+
+// benchDisk: 1 GiB written with dd inside a sandbox (to /home/user, the
+// sandbox's disk) and on the host (into the data dir's filesystem), each
+// timed by dd itself, conv=fsync on both.
+func benchDisk(ctx context.Context, cfg *Config, rep *Report, t *target) error {
+	const dd = "dd if=/dev/zero of=%s bs=1M count=1024 conv=fsync 2>&1 | tail -1"
+	sb, err := t.c.Create(ctx, cfg.Template, 600)
+	if err != nil {
+		return err
+	}
+	defer t.c.Kill(context.WithoutCancel(ctx), sb.ID)
+	pc := t.c.Process(sb, "user")
+	var in, host []float64
+	hostFile := filepath.Join(cfg.DataDir, "bench-dd")
+	defer os.Remove(hostFile)
+	for range 3 {
+		r, err := t.c.Run(ctx, pc, "/bin/bash", "-c", fmt.Sprintf(dd, "/home/user/bench-dd")+"; rm -f /home/user/bench-dd")
+		if err != nil {
+			return err
+		}
+		mbps, err := ddRate(r.Stdout)
+		if err != nil {
+			return err
+		}
+		in = append(in, mbps)
+		out, err := exec.CommandContext(ctx, "/bin/bash", "-c", fmt.Sprintf(dd, hostFile)).Output()
+		if err != nil {
+			return fmt.Errorf("host dd: %w", err)
+		}
+		if mbps, err = ddRate(string(out)); err != nil {
+			return err
+		}
+		host = append(host, mbps)
+		os.Remove(hostFile)
+	}
+	r := distResult("disk.write_1GiB", t.rt, t.accel, "MB/s", in)
+	r.Note = "dd bs=1M count=1024 conv=fsync into /home/user, dd's own rate"
+	rep.add(r)
+	h := distResult("disk.write_1GiB.host_"+t.rt, "host", "native", "MB/s", host)
+	h.Note = "the same dd into the data dir on the host, alternating with the sandbox's"
+	rep.add(h)
+	return nil
+}
+
+// ddRate parses dd's summary line ("... copied, 1.2 s, 850 MB/s") into MB/s.
+func ddRate(line string) (float64, error) {
+	f := strings.Fields(strings.TrimSpace(line))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("dd: %q", line)
+	}
+	v, err := strconv.ParseFloat(f[len(f)-2], 64)
+	if err != nil {
+		return 0, fmt.Errorf("dd rate %q: %w", line, err)
+	}
+	switch f[len(f)-1] {
+	case "GB/s":
+		v *= 1000
+	case "kB/s":
+		v /= 1000
+	case "MB/s":
+	default:
+		return 0, fmt.Errorf("dd unit in %q", line)
+	}
+	return v, nil
 }
 
 // benchExec: process.Start round trips through the proxy, and the protocol's

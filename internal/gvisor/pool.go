@@ -12,8 +12,8 @@ import (
 )
 
 // prespawned is a container restored from a template's checkpoint ahead of
-// a create: envd has answered /health and a harmless /init
-// (runtime.WarmInit). It keeps its container ID and directory when claimed
+// a create: envd has answered /health, a harmless /init
+// (runtime.WarmInit) and one commands.run('true') (runtime.WarmExec). It keeps its container ID and directory when claimed
 // (runsc cannot rename a container); the instance reports that ID through
 // runtime.Named so the orchestrator can adopt it after a restart.
 //
@@ -46,6 +46,12 @@ func (d *Driver) Prespawn(ctx context.Context, t *runtime.Template, slot *networ
 	err = WaitEnvd(wctx, addr)
 	if err == nil {
 		err = runtime.WarmInit(wctx, d.envd, envdURL(addr))
+	}
+	if err == nil {
+		// The template's snapshot was warmed the same way, but each
+		// sandbox's systrap stubs are its own: made here, not on the
+		// user's first command.
+		err = runtime.WarmExec(wctx, d.envd, envdURL(addr))
 	}
 	if err != nil {
 		inst.Kill(context.WithoutCancel(ctx))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -82,5 +83,24 @@ func snapshotOne(ctx context.Context, slots Slots, rt runtime.Runtime, t *runtim
 		return fmt.Errorf("create build dir: %w", err)
 	}
 	defer os.RemoveAll(scratch)
-	return rt.BuildSnapshot(ctx, t, slot, scratch)
+	return rt.BuildSnapshot(ctx, warmed(t), slot, scratch)
+}
+
+// warmed returns t with a BeforeSnapshot that runs the template's own
+// (if any) and then one commands.run('true') (runtime.WarmExec), so that
+// every sandbox restored from the snapshot finds bash, its libraries and
+// envd's process path already in memory: the first command after a
+// create then costs what the second does.
+func warmed(t *runtime.Template) *runtime.Template {
+	w := *t
+	before := t.BeforeSnapshot
+	w.BeforeSnapshot = func(ctx context.Context, c *http.Client, envdURL string) error {
+		if before != nil {
+			if err := before(ctx, c, envdURL); err != nil {
+				return err
+			}
+		}
+		return runtime.WarmExec(ctx, c, envdURL)
+	}
+	return &w
 }

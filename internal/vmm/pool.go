@@ -105,6 +105,13 @@ func (r *Runtime) Prespawn(ctx context.Context, t *runtime.Template, slot *netwo
 		inst.Kill(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("prespawn: %w", withTail(err, dir))
 	}
+	// One commands.run('true') too: under TCG the first run of bash in a
+	// restored guest translates its code again, which the user's first
+	// command would otherwise pay for.
+	if err := runtime.WarmExec(wctx, GuestClient(slot), EnvdURL()); err != nil {
+		inst.Kill(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("prespawn: %w", withTail(err, dir))
+	}
 	p.running = true
 	if debug {
 		r.log.Debug("vmm: prespawned", "dir", dir, "took", time.Since(t0), "cpu", cpuTime(inst.pid), "cpu_qemu_start", cpuLaunch)

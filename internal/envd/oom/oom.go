@@ -74,7 +74,7 @@ func (k *Killer) Run(ctx context.Context) error {
 		used := total - min(avail, total)
 		if err == nil && total > 0 && avail < Reserve(total) {
 			if pid, ok := k.KillLargest(total, used); ok {
-				k.waitGone(ctx, pid)
+				k.waitReleased(ctx, pid, total)
 				total, avail, _ = ReadMeminfo(proc)
 				used = total - min(avail, total)
 			}
@@ -90,19 +90,32 @@ func (k *Killer) proc() string {
 	return k.Proc
 }
 
-// waitGone waits up to a second for pid's memory to be released (the
-// process to disappear), so that one allocation is not paid for with two
-// kills.
-func (k *Killer) waitGone(ctx context.Context, pid int) {
-	deadline := time.Now().Add(time.Second)
+// ReleaseWait bounds how long Killer waits, after a kill, for the
+// victim's memory to come back before it may kill again. gVisor frees an
+// exited process's memory after its /proc entry is gone: 50 ms after a
+// 450 MiB process had vanished MemAvailable had not moved, and a killer
+// that did not wait killed the next process (the victim's shell) too.
+const ReleaseWait = 5 * time.Second
+
+// waitReleased waits until pid is gone and the sandbox has Reserve
+// available again, or ReleaseWait has passed, so that one allocation is
+// not paid for with two kills.
+func (k *Killer) waitReleased(ctx context.Context, pid int, total uint64) {
+	deadline := time.Now().Add(ReleaseWait)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if _, err := os.Stat(filepath.Join(k.proc(), strconv.Itoa(pid), "statm")); err != nil {
-			return
+		_, err := os.Stat(filepath.Join(k.proc(), strconv.Itoa(pid)))
+		gone := err != nil
+		if !gone {
+			if st, err := readStat(k.proc(), pid); err == nil && st == 'Z' {
+				gone = true
+			}
 		}
-		if st, err := readStat(k.proc(), pid); err == nil && st == 'Z' {
-			return
+		if gone {
+			if t, avail, err := ReadMeminfo(k.proc()); err != nil || avail >= Reserve(t) {
+				return
+			}
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

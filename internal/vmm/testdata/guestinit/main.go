@@ -14,6 +14,7 @@ package main
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -130,6 +131,21 @@ func serve() error {
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	// The warm pool's warm-up /init (runtime.WarmInit): accepted, ignored.
 	mux.HandleFunc("POST /init", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	// The warm pool's warm-up command (runtime.WarmExec): a Connect stream
+	// (JSON codec) with one end event and the end-of-stream frame.
+	mux.HandleFunc("POST /process.Process/Start", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/connect+json")
+		for _, f := range []struct {
+			flags byte
+			msg   string
+		}{{0, `{"event":{"end":{"exitCode":0,"exited":true}}}`}, {2, `{}`}} {
+			var hdr [5]byte
+			hdr[0] = f.flags
+			binary.BigEndian.PutUint32(hdr[1:], uint32(len(f.msg)))
+			w.Write(hdr[:])
+			io.WriteString(w, f.msg)
+		}
+	})
 	mux.HandleFunc("GET /id", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, hex.EncodeToString(id[:])) })
 	mux.HandleFunc("PUT /file", func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
