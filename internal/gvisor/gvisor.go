@@ -6,6 +6,12 @@
 // All runsc state lives under Config.StateDir (runsc --root), and all of a
 // sandbox's files under its Spec.Dir, so that an orchestrator can reconcile
 // after a crash with ListContainers and Cleanup.
+//
+// The long-lived processes of a sandbox, its sentry and its gofer, run as
+// host uid DefaultHostID, root of a user namespace of their own, over a
+// read-only id-mapped view of the template tree (idmap.go); only the
+// short-lived runsc commands run as root. Each sandbox's cgroup limits its
+// CPU, memory, pids and block I/O.
 package gvisor
 
 import (

@@ -89,17 +89,22 @@ func (m *idmap) mount(exe, id, rootfs string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// The gofer (host uid hostID) must traverse to its root; other host
-	// users may not: through the view, a setuid file of the template
-	// would run as the sandboxes' uid (hence nosuid too).
+	// The gofer (host gid hostID) must traverse to its root; other host
+	// users may not (the template tree is theirs to see no more than the
+	// data dir), and the sandboxes may not write there: root:hostID 0710.
+	// The view is nosuid too: a setuid file of the template would run as
+	// the sandboxes' uid.
 	if err := os.Mkdir(rootsBase, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", fmt.Errorf("create %s: %w", rootsBase, err)
 	}
-	if err := os.Mkdir(m.dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(m.dir, 0o710); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", fmt.Errorf("create %s: %w", m.dir, err)
 	}
-	if err := os.Chown(m.dir, int(m.hostID), int(m.hostID)); err != nil {
+	if err := os.Chown(m.dir, 0, int(m.hostID)); err != nil {
 		return "", fmt.Errorf("chown %s: %w", m.dir, err)
+	}
+	if err := os.Chmod(m.dir, 0o710); err != nil {
+		return "", fmt.Errorf("chmod %s: %w", m.dir, err)
 	}
 	target := m.path(id)
 	m.unmount(id) // a leftover of a crash
