@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"sync"
 	"syscall"
 
@@ -68,6 +69,9 @@ func (m *idmap) usernsFile(exe string) (*os.File, error) {
 		UidMappings: ids, GidMappings: ids,
 		Ptrace: true,
 	}
+	// The tracer is the thread that started the child (SysProcAttr.Ptrace).
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start user namespace holder: %w", err)
 	}
