@@ -37,6 +37,9 @@ type Store interface {
 	// Close releases the database connections.
 	Close() error
 
+	// The fleet's orchestrator nodes (nodes.go).
+	NodeRegistry
+
 	// Teams.
 	CreateTeam(ctx context.Context, t Team) error
 	GetTeam(ctx context.Context, id string) (Team, error)
