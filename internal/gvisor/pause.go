@@ -100,7 +100,8 @@ func (d *Driver) RecoverPause(ctx context.Context, spec runtime.Spec, dir string
 	}
 	inst, err := d.Adopt(ctx, spec)
 	if err != nil {
-		return nil, false, fmt.Errorf("gvisor: pause of %s was cut short and the sandbox is gone: %w", spec.ID, err)
+		out, _ := os.ReadFile(filepath.Join(dir, checkpointLog))
+		return nil, false, fmt.Errorf("gvisor: pause of %s was cut short and the sandbox is gone: %w (runsc checkpoint said: %q)", spec.ID, err, lastLines(out, 5))
 	}
 	return inst, false, nil
 }

@@ -265,15 +265,21 @@ func (r *Runtime) RecoverPause(ctx context.Context, spec runtime.Spec, dir strin
 		return nil, false, fmt.Errorf("recover pause of %s: %w", spec.ID, err)
 	}
 	if st.Status == "active" || st.Status == "setup" || st.Status == "device" {
-		if err := waitMigration(ctx, i.qmp, i.done); err != nil {
-			st.Status = "failed"
-		} else {
-			st.Status = "completed"
-		}
+		_ = waitMigration(ctx, i.qmp, i.done)
 	}
-	if st.Status != "completed" {
-		if err := i.qmp.Execute(ctx, "cont", nil, nil); err != nil {
-			return nil, false, fmt.Errorf("recover pause of %s: resume the guest: %w", spec.ID, err)
+	// query-migrate also reports the incoming migration a restore did:
+	// only the run state tells an outgoing one that completed.
+	var run struct {
+		Status string `json:"status"`
+	}
+	if err := i.qmp.Execute(ctx, "query-status", nil, &run); err != nil {
+		return nil, false, fmt.Errorf("recover pause of %s: %w", spec.ID, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateName)); run.Status != "postmigrate" || err != nil {
+		if run.Status != "running" {
+			if err := i.qmp.Execute(ctx, "cont", nil, nil); err != nil {
+				return nil, false, fmt.Errorf("recover pause of %s: resume the guest: %w", spec.ID, err)
+			}
 		}
 		return i, false, nil
 	}

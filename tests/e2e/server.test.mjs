@@ -20,7 +20,8 @@
 import { after, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { rmSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { config, eventually, cocoonCLI, api, killServer, startServer, alive, serverPid, sleep } from './lib/server.mjs'
 
 const cfg = config()
@@ -434,5 +435,99 @@ describe('server restart (kill -9)', { skip: !(cfg.serverArgs && cfg.pidFile) &&
       assert.equal(await Sandbox.kill(s.sandboxId), true)
       created.delete(s.sandboxId)
     }
+  })
+})
+
+// Crash consistency and deaths (issue 20). kill -9 of the server half-way
+// through a pause and through creates, and of a sandbox's runtime.
+describe('crash consistency (kill -9)', { skip: !(cfg.serverArgs && cfg.pidFile && cfg.dataDir) && 'COCOON_E2E_SERVER_ARGS / COCOON_E2E_PID_FILE / COCOON_E2E_DATA_DIR not set' }, () => {
+  const node = (...p) => path.join(cfg.dataDir, ...p)
+
+  // restart kill -9s the server, starts it again and returns the ms until
+  // its api answered (the first answer: /health goes through the same
+  // server as the sandbox routes, after its reconcile at start).
+  async function restart() {
+    await killServer(cfg)
+    const pid = await startServer(cfg)
+    const t0 = Date.now()
+    await eventually(async () => {
+      if (!alive(pid)) assert.fail('the restarted server exited (see its log)')
+      return (await api(cfg, 'GET', '/health')).status === 200
+    }, 'the restarted api to answer', 120_000, 50)
+    return Date.now() - t0
+  }
+
+  test('kill -9 during a pause of a sandbox holding 100 MiB: after the restart it resumes with its files', T, async () => {
+    const sbx = await create({ metadata: { suite: `e2e-${run}`, role: 'crash-pause' } })
+    const sum = (await sbx.commands.run("head -c 100M /dev/urandom > /home/user/big && echo kept > /home/user/mark && sha256sum /home/user/big | cut -d' ' -f1", { timeoutMs: 120_000 })).stdout
+    const pausing = sbx.pause().catch((err) => err) // the server dies under it
+    // Kill once the save is under way: gVisor's checkpoint records its pid
+    // when it starts; QEMU migrates as soon as the pause intent is written.
+    await eventually(() => cfg.runtime === 'gvisor'
+      ? existsSync(node('snapshots', sbx.sandboxId, 'state', 'checkpoint.pid'))
+      : readFileSync(node('node', 'sandboxes', `${sbx.sandboxId}.json`), 'utf8').includes('"pausing": true'),
+    'the pause to start', 60_000, 5)
+    const ms = await restart()
+    console.log(`# restarted api answered in ${ms} ms after a kill -9 during a pause`)
+    await pausing
+    const info = await Sandbox.getInfo(sbx.sandboxId)
+    assert.ok(['paused', 'running'].includes(info.state), `state after the restart: ${info.state}, want paused (completed) or running (rolled back)`)
+    console.log(`# the interrupted pause was ${info.state === 'paused' ? 'completed' : 'rolled back'}`)
+    const s = await Sandbox.connect(sbx.sandboxId, { requestTimeoutMs: 120_000 })
+    assert.equal((await s.commands.run("cat /home/user/mark && sha256sum /home/user/big | cut -d' ' -f1")).stdout, `kept\n${sum}`)
+    assert.equal(await Sandbox.kill(sbx.sandboxId), true)
+    created.delete(sbx.sandboxId)
+    // No snapshot is left owned by nothing.
+    await eventually(() => !existsSync(node('snapshots', sbx.sandboxId)), 'its snapshot dir to go', 20_000, 100)
+  })
+
+  test('kill -9 with 8 creates in flight: the api answers within 5 s and lists no phantom', T, async () => {
+    const meta = { suite: `e2e-${run}`, role: 'crash-create' }
+    const creates = Array.from({ length: 8 }, () => create({ metadata: meta }).catch((err) => err))
+    // Kill once the store has some of them (creates show as running).
+    await eventually(async () => (await listIds({ metadata: meta })).length > 0, 'a create to be recorded', 60_000, 20)
+    const ms = await restart()
+    console.log(`# restarted api answered in ${ms} ms after a kill -9 during 8 creates`)
+    assert.ok(ms <= 5000, `the api answered ${ms} ms after the restart, want ≤ 5000`)
+    for (const r of await Promise.all(creates)) if (r?.sandboxId) created.add(r.sandboxId)
+    // From the first answer on, every sandbox listed as running runs.
+    const listed = await listIds({ metadata: meta })
+    for (const sb of listed) {
+      assert.equal(sb.state, 'running', `${sb.sandboxId} is listed ${sb.state}`)
+      const s = await Sandbox.connect(sb.sandboxId)
+      const r = await s.commands.run('echo alive', { requestTimeoutMs: 15_000, timeoutMs: 15_000 }).catch((err) => err)
+      assert.equal(r?.stdout, 'alive\n', `${sb.sandboxId} is listed running but does not answer: ${r}`)
+    }
+    console.log(`# ${listed.length} of 8 creates survived the crash, all of them answer`)
+    for (const sb of listed) {
+      await Sandbox.kill(sb.sandboxId)
+      created.delete(sb.sandboxId)
+    }
+  })
+
+  test('kill -9 of a sandbox\'s runtime: the call in flight fails at once, and so does the next', T, async () => {
+    const sbx = await create({ metadata: { suite: `e2e-${run}`, role: 'crash-runtime' } })
+    const record = JSON.parse(readFileSync(node('node', 'sandboxes', `${sbx.sandboxId}.json`), 'utf8'))
+    const dir = node('sandboxes', record.runtimeID || sbx.sandboxId)
+    const pid = Number(readFileSync(path.join(dir, cfg.runtime === 'gvisor' ? 'sandbox.pid' : 'qemu.pid'), 'utf8').trim())
+    const inflight = sbx.commands.run('sleep 600', { timeoutMs: 0, requestTimeoutMs: 0, onStdout: () => {} })
+      .then((r) => assert.fail(`the command in flight ended well: ${JSON.stringify(r)}`), (err) => err)
+    // The command runs once envd lists it.
+    await eventually(async () => (await sbx.commands.list()).some((p) => p.args?.some((a) => a.includes('sleep 600'))), 'the command to start', 30_000, 50)
+    const t0 = Date.now()
+    process.kill(pid, 'SIGKILL')
+    const err = await inflight
+    const ms = Date.now() - t0
+    console.log(`# the call in flight failed ${ms} ms after kill -9 of the runtime (target ≤ 2000): ${err}`)
+    assert.ok(ms <= 5000, `the call in flight failed after ${ms} ms, want ≤ 5000`)
+    const t1 = Date.now()
+    const next = await sbx.files.read('/etc/hostname').then((v) => assert.fail(`read from a dead sandbox: ${v}`), (e) => e)
+    console.log(`# the next call failed in ${Date.now() - t1} ms: ${next}`)
+    assert.match(String(next?.message), /dead|runtime exited|not found/i, `the next call's error says why: ${next}`)
+    await eventually(async () => (await api(cfg, 'GET', `/sandboxes/${sbx.sandboxId}`)).status === 404, 'the api to report it gone', 5000, 50)
+    if (cfg.serverLog) assert.match(readFileSync(cfg.serverLog, 'utf8'), new RegExp(`sandbox died.*${sbx.sandboxId}.*runtime exited|${sbx.sandboxId}.*sandbox died`), 'the reason is in the server log')
+    // Its leftovers go at once, not at the next restart.
+    await eventually(() => !existsSync(dir), `its directory ${dir} to go`, 15_000, 100)
+    created.delete(sbx.sandboxId)
   })
 })
