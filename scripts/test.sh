@@ -44,6 +44,19 @@ go test -count=3 -timeout 20m "${unit_pkgs[@]}"
 step "Go integration tests"
 go test -count=1 -timeout 40m "${integration_pkgs[@]}"
 
+step "fuzzing: each target for ${COCOON_FUZZTIME:-10s} (seed corpora in testdata/fuzz run in go test too)"
+# New interesting inputs stay in Go's fuzz cache ($(go env GOCACHE)/fuzz);
+# a failing input is written to the package's testdata/fuzz: commit it.
+for target in \
+	FuzzExtract:./internal/template/oci \
+	FuzzParse:./internal/template/dockerfile \
+	FuzzSpec:./internal/template/steps \
+	FuzzRoute:./internal/proxy \
+	FuzzAuthorized:./internal/envd/files \
+	FuzzAbs:./internal/envd/identity; do
+	go test -run '^$' -fuzz "^${target%%:*}\$" -fuzztime "${COCOON_FUZZTIME:-10s}" "${target#*:}"
+done
+
 step "envd end to end with the official e2b SDK (E2B_DEBUG=true)"
 (cd tests/e2e && node --test --test-reporter=spec envd.test.mjs)
 
