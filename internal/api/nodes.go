@@ -17,8 +17,13 @@ var ErrNoNode = errors.New("no node available")
 // resources or by the runtime a template needs.
 type Placement struct {
 	TemplateID string
-	VCPUs      uint32
-	MemoryMB   uint32
+	// BuildID is the template build the sandbox starts from: a node that
+	// holds its artifacts is preferred (locality).
+	BuildID  string
+	Runtime  string // required runtime, "" for the node's default
+	VCPUs    uint32
+	MemoryMB uint32
+	DiskMB   uint32
 }
 
 // NodeSet is how the api reaches nodes: only through the orchestrator RPC.

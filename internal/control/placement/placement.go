@@ -119,7 +119,7 @@ func (e *NoNodeError) Error() string {
 		reasons = append(reasons, fmt.Sprintf("%d %s", n, r))
 	}
 	slices.Sort(reasons)
-	return fmt.Sprintf("no node can take the sandbox (%d nodes: %s)", e.Nodes, strings.Join(reasons, ", "))
+	return fmt.Sprintf("%d nodes: %s", e.Nodes, strings.Join(reasons, ", "))
 }
 
 // refusal returns why n cannot take r, or "" if it can.

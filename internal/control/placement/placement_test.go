@@ -37,7 +37,7 @@ func TestPick(t *testing.T) {
 		{"runtime", []store.Node{mkNode("a", store.NodeReady, 16000)}, Request{Runtime: "qemu", MemoryMB: 1}, "", "1 without runtime qemu"},
 		{"avoid", []store.Node{mkNode("a", store.NodeReady, 16000), mkNode("b", store.NodeReady, 1000)}, Request{Avoid: []string{"a"}}, "b", ""},
 		{"none fits, says why", []store.Node{mkNode("a", store.NodeDraining, 16000), mkNode("b", store.NodeReady, 100), mkNode("c", store.NodeLost, 16000), mkNode("d", store.NodeReady, 100)}, req,
-			"", "no node can take the sandbox (4 nodes: 1 draining, 1 lost, 2 short of memory)"},
+			"", "4 nodes: 1 draining, 1 lost, 2 short of memory"},
 		{"no nodes", nil, req, "", "no orchestrator node is registered"},
 	}
 	for _, c := range cases {
