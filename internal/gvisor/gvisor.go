@@ -332,37 +332,6 @@ const (
 	pidFileName = "sandbox.pid"
 )
 
-type containerState struct {
-	ID     string `json:"id"`
-	Status string `json:"status"`
-	PID    int    `json:"pid"`
-}
-
-func (d *Driver) state(ctx context.Context, id string) (containerState, error) {
-	out, err := d.runsc(ctx, "state", id)
-	if err != nil {
-		return containerState{}, err
-	}
-	var s containerState
-	if err := json.Unmarshal(out, &s); err != nil {
-		return containerState{}, fmt.Errorf("decode runsc state: %w", err)
-	}
-	return s, nil
-}
-
-// attach builds an instance for a running container, asking runsc for its
-// sandbox pid.
-func (d *Driver) attach(ctx context.Context, id, dir string) (*instance, error) {
-	s, err := d.state(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	if s.Status != "running" || s.PID <= 0 {
-		return nil, fmt.Errorf("container %s is %s", id, s.Status)
-	}
-	return d.attachPID(id, dir, s.PID)
-}
-
 // attachStarted builds an instance for a container just started, from the
 // pid file runsc wrote: cheaper than another runsc invocation.
 func (d *Driver) attachStarted(id, dir string) (*instance, error) {
@@ -561,11 +530,44 @@ func (d *Driver) Adopt(ctx context.Context, spec runtime.Spec) (runtime.Instance
 	if _, err := os.Stat(filepath.Join(spec.Dir, "config.json")); err != nil {
 		return nil, fmt.Errorf("gvisor: adopt %s: %w", spec.ID, err)
 	}
-	inst, err := d.attach(ctx, spec.ID, spec.Dir)
+	// From the pid file and the process, without a runsc invocation: with
+	// 50 sandboxes idling on 2 cores, 50 `runsc state` took 113 s.
+	b, err := os.ReadFile(filepath.Join(spec.Dir, pidFileName))
+	if err != nil {
+		return nil, fmt.Errorf("gvisor: adopt %s: read pid file: %w", spec.ID, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return nil, fmt.Errorf("gvisor: adopt %s: bad pid file %q", spec.ID, b)
+	}
+	if err := checkSandboxProcess(pid, spec.Dir); err != nil {
+		return nil, fmt.Errorf("gvisor: adopt %s: %w", spec.ID, err)
+	}
+	inst, err := d.attachPID(spec.ID, spec.Dir, pid)
+	if err == nil {
+		// Again, now that the pidfd pins the process.
+		err = checkSandboxProcess(pid, spec.Dir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("gvisor: adopt %s: %w", spec.ID, err)
 	}
 	return inst, nil
+}
+
+// checkSandboxProcess verifies that pid (pinned by a pidfd already) is
+// runsc's sandbox process of the bundle in dir: a pid file can outlive
+// its process, and pids are reused.
+func checkSandboxProcess(pid int, dir string) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return fmt.Errorf("sandbox process %d: %w", pid, err)
+	}
+	for _, a := range strings.Split(string(b), "\x00") {
+		if a == "--bundle="+dir || a == dir {
+			return nil
+		}
+	}
+	return fmt.Errorf("process %d is not the sandbox of %s", pid, dir)
 }
 
 // ListContainers returns the IDs of all containers runsc knows in StateDir,

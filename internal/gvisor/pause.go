@@ -7,9 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,35 +17,41 @@ import (
 
 // Files of a pause in progress, in the pause dir.
 const (
-	checkpointPID  = "checkpoint.pid"  // pid of the shell running runsc checkpoint
+	checkpointLock = "checkpoint.lock" // held by the checkpoint while it runs
+	checkpointGo   = "checkpoint.go"   // the checkpoint may start; a recovery removes it
 	checkpointDone = "checkpoint.done" // created once the image is whole
 	checkpointLog  = "checkpoint.log"  // runsc's output
 )
 
 // checkpointScript runs runsc checkpoint and marks the image complete when
-// it succeeds. Its output goes to a file, not to a pipe of ours: after an
-// orchestrator crash a write to a closed pipe would kill it half-way.
-const checkpointScript = `"$0" "$@" >"$COCOON_CKPT_LOG" 2>&1 && : >"$COCOON_CKPT_DONE"`
+// it succeeds. It holds a lock on checkpoint.lock while it runs (runsc
+// inherits it), and starts only if checkpoint.go is still there once it
+// has the lock; a recovery removes that file under the lock: so a recovery
+// after a crash either waits for a checkpoint under way or keeps it from
+// starting, never misses one.
+// Its output goes to a file, not to a pipe of ours: after an orchestrator
+// crash a write to a closed pipe would kill it half-way.
+const checkpointScript = `exec 9>>"$COCOON_CKPT_LOCK" && flock 9 && [ -e "$COCOON_CKPT_GO" ] &&
+"$0" "$@" >"$COCOON_CKPT_LOG" 2>&1 && : >"$COCOON_CKPT_DONE"`
 
 // checkpoint saves container id into dir/checkpoint (see Pause).
 func (d *Driver) checkpoint(ctx context.Context, id, dir string) error {
 	done := filepath.Join(dir, checkpointDone)
 	logPath := filepath.Join(dir, checkpointLog)
 	os.Remove(done)
+	if err := os.WriteFile(filepath.Join(dir, checkpointGo), nil, 0o644); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
 	args := append([]string{"-c", checkpointScript, d.cfg.Runsc}, d.globalArgs("")...)
 	args = append(args, "checkpoint", "--image-path", checkpointDir(dir), id)
 	cmd := exec.Command("/bin/sh", args...)
-	cmd.Env = append(os.Environ(), "COCOON_CKPT_LOG="+logPath, "COCOON_CKPT_DONE="+done)
+	cmd.Env = append(os.Environ(), "COCOON_CKPT_LOG="+logPath, "COCOON_CKPT_DONE="+done,
+		"COCOON_CKPT_LOCK="+filepath.Join(dir, checkpointLock), "COCOON_CKPT_GO="+filepath.Join(dir, checkpointGo))
 	// A process group of its own: a signal to the orchestrator's group
 	// (Ctrl-C) does not cut the image short.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start runsc checkpoint: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, checkpointPID), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return fmt.Errorf("record checkpoint pid: %w", err)
 	}
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
@@ -58,7 +63,6 @@ func (d *Driver) checkpoint(ctx context.Context, id, dir string) error {
 		<-waitErr
 		err = ctx.Err()
 	}
-	os.Remove(filepath.Join(dir, checkpointPID))
 	if _, serr := os.Stat(done); err == nil && serr != nil {
 		err = serr
 	}
@@ -66,16 +70,16 @@ func (d *Driver) checkpoint(ctx context.Context, id, dir string) error {
 		out, _ := os.ReadFile(logPath)
 		return fmt.Errorf("runsc checkpoint: %w: %s", err, lastLines(out, 5))
 	}
-	os.Remove(done)
-	os.Remove(logPath)
+	for _, f := range []string{checkpointDone, checkpointLog, checkpointLock, checkpointGo} {
+		os.Remove(filepath.Join(dir, f))
+	}
 	return nil
 }
 
 // RecoverPause implements runtime.PauseRecoverer. It waits for a runsc
-// checkpoint still running into dir (its shell's pid is in
-// dir/checkpoint.pid); a complete image (dir/checkpoint.done) finishes the
-// pause, anything else is discarded and the container, if it still runs,
-// is re-adopted.
+// checkpoint still running into dir (or keeps it from starting); a
+// complete image (dir/checkpoint.done) finishes the pause, anything else
+// is discarded and the container, if it still runs, is re-adopted.
 func (d *Driver) RecoverPause(ctx context.Context, spec runtime.Spec, dir string) (runtime.Instance, bool, error) {
 	if err := waitCheckpoint(ctx, dir); err != nil {
 		return nil, false, fmt.Errorf("gvisor: recover pause of %s: %w", spec.ID, err)
@@ -84,8 +88,9 @@ func (d *Driver) RecoverPause(ctx context.Context, spec runtime.Spec, dir string
 		if err := writeMeta(dir, d); err != nil {
 			return nil, false, fmt.Errorf("gvisor: recover pause of %s: %w", spec.ID, err)
 		}
-		os.Remove(filepath.Join(dir, checkpointDone))
-		os.Remove(filepath.Join(dir, checkpointLog))
+		for _, f := range []string{checkpointDone, checkpointLog, checkpointLock, checkpointGo} {
+			os.Remove(filepath.Join(dir, f))
+		}
 		var errs []error
 		if err := d.remove(ctx, spec.ID); err != nil {
 			errs = append(errs, err)
@@ -106,43 +111,34 @@ func (d *Driver) RecoverPause(ctx context.Context, spec runtime.Spec, dir string
 	return inst, false, nil
 }
 
-// waitCheckpoint waits until the checkpoint shell recorded in dir, if it
-// still runs, exits.
+// waitCheckpoint waits until no checkpoint into dir runs (it holds
+// dir/checkpoint.lock), and keeps one from starting afterwards.
 func waitCheckpoint(ctx context.Context, dir string) error {
-	b, err := os.ReadFile(filepath.Join(dir, checkpointPID))
+	f, err := os.OpenFile(filepath.Join(dir, checkpointLock), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return nil // the pause never got as far as its directory
 	}
 	if err != nil {
 		return err
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return nil // torn pid file: the shell had not started
-	}
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return nil // gone
-	}
-	defer unix.Close(fd)
-	// The pidfd pins the process; make sure it is our shell, not a
-	// process that reused the pid.
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmdline), checkpointDir(dir)) {
-		return nil
-	}
-	// A pidfd turns readable when its process exits.
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	defer f.Close()
 	for {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("wait for runsc checkpoint %d: %w", pid, err)
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
 		}
-		n, err := unix.Poll(fds, 100)
-		if n > 0 {
-			return nil
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("lock %s: %w", f.Name(), err)
 		}
-		if err != nil && err != unix.EINTR {
-			return fmt.Errorf("wait for runsc checkpoint %d: %w", pid, err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for runsc checkpoint: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	// Unlocked by the deferred Close.
+	if err := os.Remove(filepath.Join(dir, checkpointGo)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }

@@ -384,12 +384,12 @@ func TestCrashDuringPause(t *testing.T) {
 			"head -c 100M /dev/urandom > /home/user/big && echo kept > /home/user/mark && sha256sum /home/user/big | cut -d' ' -f1")
 
 		go func() { _, _ = p.client.Pause(ctx, connect.NewRequest(&orchv1.PauseRequest{SandboxId: id})) }()
-		// Kill once the save is under way: gVisor's checkpoint records its
-		// pid when it starts; QEMU migrates as soon as the intent is down.
+		// Kill once the save is under way: gVisor's checkpoint takes its
+		// lock when it starts; QEMU migrates as soon as the intent is down.
 		record := filepath.Join(d, "node", "sandboxes", id+".json")
 		started := func() bool {
 			if rt == gvisor.Name {
-				return exists(filepath.Join(d, "snapshots", id, "state", "checkpoint.pid"))
+				return exists(filepath.Join(d, "snapshots", id, "state", "checkpoint.lock"))
 			}
 			b, err := os.ReadFile(record)
 			return err == nil && strings.Contains(string(b), `"pausing": true`)

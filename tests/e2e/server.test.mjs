@@ -461,10 +461,10 @@ describe('crash consistency (kill -9)', { skip: !(cfg.serverArgs && cfg.pidFile 
     const sbx = await create({ metadata: { suite: `e2e-${run}`, role: 'crash-pause' } })
     const sum = (await sbx.commands.run("head -c 100M /dev/urandom > /home/user/big && echo kept > /home/user/mark && sha256sum /home/user/big | cut -d' ' -f1", { timeoutMs: 120_000 })).stdout
     const pausing = sbx.pause().catch((err) => err) // the server dies under it
-    // Kill once the save is under way: gVisor's checkpoint records its pid
+    // Kill once the save is under way: gVisor's checkpoint takes its lock
     // when it starts; QEMU migrates as soon as the pause intent is written.
     await eventually(() => cfg.runtime === 'gvisor'
-      ? existsSync(node('snapshots', sbx.sandboxId, 'state', 'checkpoint.pid'))
+      ? existsSync(node('snapshots', sbx.sandboxId, 'state', 'checkpoint.lock'))
       : readFileSync(node('node', 'sandboxes', `${sbx.sandboxId}.json`), 'utf8').includes('"pausing": true'),
     'the pause to start', 60_000, 5)
     const ms = await restart()
