@@ -18,8 +18,29 @@ import (
 // time it is open, a reconcile of that node catches what it missed.
 func (s *Server) watchNodes(ctx context.Context) {
 	for _, node := range s.nodes.IDs() {
-		go s.watchNode(ctx, node)
+		s.WatchNode(ctx, node)
 	}
+}
+
+// WatchNode follows node's Watch stream (see watchNodes) until ctx ends,
+// once per node however often it is called: a fleet's registry calls it
+// for every node that registers or returns after it was lost.
+func (s *Server) WatchNode(ctx context.Context, node string) {
+	s.deathMu.Lock()
+	defer s.deathMu.Unlock()
+	if s.watching[node] {
+		return
+	}
+	if s.watching == nil {
+		s.watching = map[string]bool{}
+	}
+	s.watching[node] = true
+	go func() {
+		s.watchNode(ctx, node)
+		s.deathMu.Lock()
+		defer s.deathMu.Unlock()
+		delete(s.watching, node)
+	}()
 }
 
 func (s *Server) watchNode(ctx context.Context, node string) {

@@ -228,7 +228,7 @@ func (s *Server) settle(ctx context.Context, sb store.Sandbox, n *orchestratorv1
 			if c.State != store.StatePausing {
 				return store.ErrConflict
 			}
-			c.State, c.SnapshotURI, c.NodeID = store.StatePaused, n.GetSnapshot(), ""
+			c.State, c.SnapshotURI = store.StatePaused, n.GetSnapshot()
 			return nil
 		})
 	default:

@@ -115,10 +115,10 @@ type logEntryJSON struct {
 }
 
 // consoleLines reads the console log of a sandbox from its node. A paused
-// sandbox has no node and no live console: it has no lines.
+// sandbox has no live console: it has no lines.
 func (s *Server) consoleLines(ctx context.Context, sb store.Sandbox) ([]logEntryJSON, error) {
 	entries := []logEntryJSON{}
-	if sb.NodeID == "" {
+	if sb.NodeID == "" || sb.State == store.StatePaused {
 		return entries, nil
 	}
 	client, err := s.nodes.Client(sb.NodeID)

@@ -267,7 +267,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	nodeID, err := s.nodes.Pick(ctx, Placement{TemplateID: tpl.ID, VCPUs: uint32(tpl.CPUCount), MemoryMB: uint32(tpl.MemoryMB)})
+	nodeID, err := s.nodes.Pick(ctx, Placement{TemplateID: tpl.ID, BuildID: build.ID,
+		VCPUs: uint32(tpl.CPUCount), MemoryMB: uint32(tpl.MemoryMB), DiskMB: uint32(tpl.DiskMB)})
 	if err != nil {
 		return errorf(http.StatusServiceUnavailable, "no node can take the sandbox: "+err.Error())
 	}
@@ -526,7 +527,8 @@ func (s *Server) killSandbox(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) kill(ctx context.Context, sb store.Sandbox, final store.SandboxState, reason string) error {
 	nodeID := sb.NodeID
 	if nodeID == "" {
-		// Paused sandboxes belong to no node; any node can delete the snapshot.
+		// Paused before snapshots stayed on their node (docs/decisions.md):
+		// any node can delete the snapshot.
 		if ids := s.nodes.IDs(); len(ids) > 0 {
 			nodeID = ids[0]
 		}
@@ -653,7 +655,6 @@ func (s *Server) pause(ctx context.Context, sb store.Sandbox) error {
 	_, err = store.Modify(context.WithoutCancel(ctx), s.store, sb.ID, func(cur *store.Sandbox) error {
 		cur.State = store.StatePaused
 		cur.SnapshotURI = resp.Msg.GetSandbox().GetSnapshot()
-		cur.NodeID = ""
 		return nil
 	})
 	if err != nil {
@@ -727,16 +728,23 @@ func (s *Server) connectOrResume(w http.ResponseWriter, r *http.Request, legacy 
 	return nil
 }
 
-// resume restores a paused sandbox on a node chosen now. The caller holds
-// the sandbox's lock. sb.OnTimeout is written as given.
+// resume restores a paused sandbox on the node that holds its snapshot
+// (docs/decisions.md: snapshots stay on their node; a draining node still
+// resumes its own). A row paused before that rule has no node: one is
+// chosen now. The caller holds the sandbox's lock. sb.OnTimeout is written
+// as given.
 func (s *Server) resume(ctx context.Context, sb store.Sandbox, timeout time.Duration) (store.Sandbox, error) {
 	build, err := s.store.GetBuild(ctx, sb.BuildID)
 	if err != nil {
 		return sb, fmt.Errorf("get build %s of sandbox %s: %w", sb.BuildID, sb.ID, err)
 	}
-	nodeID, err := s.nodes.Pick(ctx, Placement{TemplateID: sb.TemplateID, VCPUs: uint32(sb.CPUCount), MemoryMB: uint32(sb.MemoryMB)})
-	if err != nil {
-		return sb, errorf(http.StatusServiceUnavailable, "no node can take the sandbox: "+err.Error())
+	nodeID := sb.NodeID
+	if nodeID == "" {
+		nodeID, err = s.nodes.Pick(ctx, Placement{TemplateID: sb.TemplateID, BuildID: sb.BuildID, Runtime: sb.Runtime,
+			VCPUs: uint32(sb.CPUCount), MemoryMB: uint32(sb.MemoryMB), DiskMB: uint32(sb.DiskMB)})
+		if err != nil {
+			return sb, errorf(http.StatusServiceUnavailable, "no node can take the sandbox: "+err.Error())
+		}
 	}
 	client, err := s.nodes.Client(nodeID)
 	if err != nil {

@@ -127,6 +127,7 @@ type Server struct {
 	reconciled sync.Once // the reconcile at start
 	deathMu    sync.Mutex
 	onDeath    []func(id, reason string)
+	watching   map[string]bool // nodes whose Watch stream is followed (deathMu)
 }
 
 // New builds the api over st and nodes.
