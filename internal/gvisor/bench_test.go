@@ -104,3 +104,44 @@ func BenchmarkPythonLoop(b *testing.B) {
 	b.ReportMetric(percentile(onHost, 50), "host-ms")
 	b.ReportMetric(percentile(execWall, 50), "exec-wall-ms")
 }
+
+// BenchmarkRestoreUnprivileged compares creates (Restore until envd
+// answers) of unprivileged sandboxes (user namespace, id-mapped template
+// view) with sandboxes run as root (Config.AsRoot, runsc's default),
+// alternating the two in one loop so that both see the same host load.
+//
+//	go test -run '^$' -bench RestoreUnprivileged -benchtime 40x ./internal/gvisor
+func BenchmarkRestoreUnprivileged(b *testing.B) {
+	need(b)
+	unpriv := newDriver(b)
+	asRoot := newDriver(b)
+	asRoot.ids = nil // what New does with AsRoot
+	asRoot.cfg.AsRoot = true
+	tpls := map[*Driver]*runtime.Template{unpriv: newTemplate(b, unpriv), asRoot: newTemplate(b, asRoot)}
+	slots := []*network.Slot{newSlot(b), newSlot(b)}
+	times := map[*Driver][]time.Duration{}
+	for i := 0; b.Loop(); i++ {
+		for _, d := range []*Driver{unpriv, asRoot} {
+			spec := runtime.Spec{
+				ID: fmt.Sprintf("benchu%d-%d-%t", os.Getpid()%10000, i, d.cfg.AsRoot), Dir: filepath.Join(b.TempDir(), "sbx"),
+				VCPUs: 1, MemoryMB: 256, Slot: slots[i%len(slots)],
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			start := time.Now()
+			inst, err := d.Restore(ctx, runtime.Source{Template: tpls[d]}, spec)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := WaitEnvd(ctx, spec.Slot.Addr.Addr()); err != nil {
+				b.Fatal(err)
+			}
+			times[d] = append(times[d], time.Since(start))
+			cancel()
+			if err := inst.Kill(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(percentile(times[unpriv], 50), "unprivileged-p50-ms")
+	b.ReportMetric(percentile(times[asRoot], 50), "root-p50-ms")
+}

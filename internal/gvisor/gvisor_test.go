@@ -185,7 +185,8 @@ func newDriver(tb testing.TB) *Driver {
 		tb.Fatal(err)
 	}
 	if d.ids != nil {
-		tb.Cleanup(func() { os.Remove(d.ids.dir) })
+		dir := d.ids.dir
+		tb.Cleanup(func() { os.Remove(dir) })
 	}
 	return d
 }
