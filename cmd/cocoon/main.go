@@ -50,6 +50,7 @@ func newRootCmd() *cobra.Command {
 		newProxyCmd(g),
 		newTeamCmd(g),
 		newKeyCmd(g),
+		newNodeCmd(g),
 		newBenchCmd(g),
 	)
 	return root

@@ -22,6 +22,7 @@ import (
 
 	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
 	"github.com/cocoon-run/cocoon/internal/api"
+	"github.com/cocoon-run/cocoon/internal/control/fleet"
 	"github.com/cocoon-run/cocoon/internal/nodeauth"
 	"github.com/cocoon-run/cocoon/internal/orchestrator"
 	"github.com/cocoon-run/cocoon/internal/proxy"
@@ -42,6 +43,7 @@ type serverFlags struct {
 	debug       bool
 	node        nodeFlags
 	tls         tlsFlags
+	fleet       fleetFlags
 }
 
 func (f *serverFlags) registerAPI(cmd *cobra.Command) {
@@ -97,6 +99,7 @@ func newAPICmd(g *globalFlags) *cobra.Command {
 	f.registerAPI(cmd)
 	cmd.Flags().StringVar(&f.nodeURL, "node-url", envOr("COCOON_NODE_URL", ""), "URL of the orchestrator (default: its unix socket in the data dir)")
 	cmd.Flags().StringVar(&f.nodeID, "node-id", envOr("COCOON_NODE_ID", ""), "name of the node (default: the name it reports)")
+	f.fleet.registerControl(cmd)
 	cmd.Flags().BoolVar(&f.debug, "debug", false, "debug logging")
 	return cmd
 }
@@ -112,6 +115,7 @@ func newOrchestratorCmd(g *globalFlags) *cobra.Command {
 	}
 	f.registerNode(cmd)
 	cmd.Flags().StringVar(&f.nodeListen, "node-listen", envOr("COCOON_NODE_LISTEN", ""), "TCP address of the node RPC (default: a unix socket in the data dir)")
+	f.fleet.registerNode(cmd)
 	cmd.Flags().BoolVar(&f.debug, "debug", false, "debug logging")
 	return cmd
 }
@@ -129,6 +133,7 @@ func newProxyCmd(g *globalFlags) *cobra.Command {
 	cmd.Flags().StringVar(&f.db, "db", envOr("COCOON_DB", ""), "database (as for `cocoon api`)")
 	cmd.Flags().StringVar(&f.domain, "domain", envOr("COCOON_DOMAIN", ""), "sandbox domain for host routing")
 	cmd.Flags().StringVar(&f.nodeURL, "node-url", envOr("COCOON_NODE_URL", ""), "URL of the orchestrator, for auto-resume (default: its unix socket)")
+	f.fleet.registerControl(cmd)
 	cmd.Flags().BoolVar(&f.debug, "debug", false, "debug logging")
 	return cmd
 }
@@ -250,9 +255,20 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 			return fmt.Errorf("node rpc listener: %w", err)
 		}
 		serve("orchestrator", ln, mux)
+		if f.fleet.controlURL != "" {
+			agent, err := nodeAgent(&f.fleet, f.nodeListen, dataDir, nodeToken, o)
+			if err != nil {
+				return err
+			}
+			group.Go(func() error { return agent.Run(ctx) })
+		}
 	}
 
-	var apiSrv *api.Server
+	var (
+		apiSrv   *api.Server
+		registry *fleet.Registry
+		px       *proxy.Proxy
+	)
 	if withAPI || withProxy {
 		dsn := f.db
 		if dsn == "" {
@@ -270,14 +286,6 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 			return err
 		}
 		defer st.Close()
-		client := nodeClient(f.nodeURL, sock, nodeToken)
-		nodeID := f.nodeID
-		if nodeID == "" {
-			nodeID, err = askNodeID(ctx, client)
-			if err != nil {
-				return err
-			}
-		}
 		adminToken := os.Getenv("COCOON_ADMIN_TOKEN")
 		if adminToken == "" {
 			var created bool
@@ -315,8 +323,36 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 				return err
 			}
 		}
+		var nodes api.NodeSet
+		if f.fleet.enabled {
+			// The nodes that heartbeat (internal/control/fleet); the hooks
+			// run from the first Refresh on, after apiSrv and px are set.
+			registry = fleet.New(fleet.Config{Store: st, NodeToken: nodeToken, AdminToken: adminToken, Logger: log,
+				OnNodeUp: func(id string) {
+					if withAPI {
+						apiSrv.WatchNode(ctx, id)
+					}
+				},
+				OnLost: func(id, reason string) {
+					if px != nil {
+						px.Fail(id, reason)
+					}
+				},
+			})
+			nodes = registry
+		} else {
+			client := nodeClient(f.nodeURL, sock, nodeToken)
+			nodeID := f.nodeID
+			if nodeID == "" {
+				nodeID, err = askNodeID(ctx, client)
+				if err != nil {
+					return err
+				}
+			}
+			nodes = api.NewStaticNodes(map[string]orchestratorv1connect.OrchestratorServiceClient{nodeID: client})
+		}
 		apiSrv, err = api.New(api.Config{Domain: f.domain, AdminToken: adminToken, TemplateFilesDir: filepath.Join(dataDir, "template-files")}, st,
-			api.NewStaticNodes(map[string]orchestratorv1connect.OrchestratorServiceClient{nodeID: client}), log)
+			nodes, log)
 		if err != nil {
 			return err
 		}
@@ -325,9 +361,22 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 			if err != nil {
 				return fmt.Errorf("api listener: %w", err)
 			}
+			h := apiSrv.Handler()
+			if registry != nil {
+				// Nodes known before the first reconcile.
+				if err := registry.Refresh(ctx); err != nil {
+					return err
+				}
+				mux := http.NewServeMux()
+				mux.Handle(fleet.HeartbeatPath, registry.Handler())
+				mux.Handle(fleet.AdminNodesPath, registry.Handler())
+				mux.Handle(fleet.AdminNodesPath+"/", registry.Handler())
+				mux.Handle("/", h)
+				h = mux
+			}
 			// The first answers already show sandboxes whose runtime is gone as dead.
 			apiSrv.ReconcileAtStart(ctx)
-			serve("api", ln, apiSrv.Handler())
+			serve("api", ln, h)
 			group.Go(func() error { return apiSrv.Run(ctx) })
 		}
 	}
@@ -336,12 +385,15 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		if err != nil {
 			return fmt.Errorf("proxy listener: %w", err)
 		}
-		px := proxy.New(resolver{apiSrv}, f.domain, log)
+		px = proxy.New(resolver{apiSrv}, f.domain, log)
 		// A sandbox found dead fails its proxied requests at once.
 		apiSrv.OnDeath(px.Fail)
 		serve("proxy", ln, px.Limit(proxy.DefaultMaxInFlight))
 	}
 
+	if registry != nil {
+		group.Go(func() error { return registry.Run(ctx) })
+	}
 	group.Go(func() error {
 		<-ctx.Done()
 		log.Info("shutting down")
