@@ -571,13 +571,41 @@ func checkSandboxProcess(pid int, dir string) error {
 }
 
 // ListContainers returns the IDs of all containers runsc knows in StateDir,
-// running or not, for reconciliation.
+// running or not, and of those whose removal runsc left half-done (a lock
+// or socket file), for reconciliation. It reads the state dir instead of
+// running `runsc list`: with 50 sandboxes idling on 2 cores, starting runsc
+// took seconds. runsc names a container's files
+// <sandbox>_sandbox:<container>.state and .lock, and runsc-<sandbox>.sock;
+// a Cocoon sandbox is one container named like its sandbox.
 func (d *Driver) ListContainers(ctx context.Context) ([]string, error) {
-	out, err := d.runsc(ctx, "list", "--quiet")
+	ents, err := os.ReadDir(d.cfg.StateDir)
 	if err != nil {
-		return nil, fmt.Errorf("gvisor: %w", err)
+		return nil, fmt.Errorf("gvisor: list containers: %w", err)
 	}
-	return strings.Fields(string(out)), nil
+	var out []string
+	seen := map[string]bool{}
+	for _, e := range ents {
+		name, id := e.Name(), ""
+		if base, ok := strings.CutSuffix(name, ".state"); ok {
+			_, id, _ = strings.Cut(base, "_sandbox:")
+		} else if base, ok := strings.CutSuffix(name, ".lock"); ok {
+			_, id, _ = strings.Cut(base, "_sandbox:")
+		} else if base, ok := strings.CutPrefix(name, "runsc-"); ok {
+			id, _ = strings.CutSuffix(base, ".sock")
+		}
+		if id != "" && validID.MatchString(id) && !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+// stateFiles are the files runsc keeps in StateDir for container id.
+func (d *Driver) stateFiles(id string) (state string, leftovers []string) {
+	full := id + "_sandbox:" + id
+	return filepath.Join(d.cfg.StateDir, full+".state"),
+		[]string{filepath.Join(d.cfg.StateDir, full+".lock"), filepath.Join(d.cfg.StateDir, "runsc-"+id+".sock")}
 }
 
 // Cleanup force-deletes container id (killing its sandbox and removing its
@@ -596,17 +624,13 @@ func (d *Driver) remove(ctx context.Context, id string) error {
 	if d.ids != nil {
 		d.ids.unmount(id)
 	}
-	if err == nil {
-		return nil
+	state, leftovers := d.stateFiles(id)
+	if _, serr := os.Stat(state); err != nil && serr == nil {
+		return err // still there
 	}
-	ids, lerr := d.ListContainers(ctx)
-	if lerr != nil {
-		return errors.Join(err, lerr)
-	}
-	for _, x := range ids {
-		if x == id {
-			return err
-		}
+	// runsc delete leaves the container's lock file and socket behind.
+	for _, f := range leftovers {
+		os.Remove(f)
 	}
 	return nil
 }
