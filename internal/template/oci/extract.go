@@ -69,7 +69,7 @@ func Extract(r io.Reader, dir string, opts ExtractOptions) error {
 		return fmt.Errorf("extract: %w", err)
 	}
 	defer root.Close()
-	x := &extractor{root: root, opts: opts, layer: map[string]bool{}}
+	x := &extractor{root: root, opts: opts, layer: map[string]bool{}, realDirs: map[string]bool{}}
 	tr := tar.NewReader(r)
 	var dirs []*tar.Header
 	for {
@@ -109,6 +109,9 @@ type extractor struct {
 	// layer records the paths this archive created, so that an opaque
 	// whiteout only removes what lower layers left.
 	layer map[string]bool
+	// realDirs are directories known to be real (not links) since the last
+	// removal: safeParent checks each once, not once per entry below it.
+	realDirs map[string]bool
 }
 
 // CleanName returns the cleaned relative form of an archive name ("" for
@@ -162,6 +165,9 @@ func (x *extractor) safeParent(rel string) error {
 	parts := strings.Split(rel, "/")
 	for i := 1; i < len(parts); i++ {
 		p := strings.Join(parts[:i], "/")
+		if x.realDirs[p] {
+			continue
+		}
 		fi, err := x.root.Lstat(p)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
@@ -175,8 +181,16 @@ func (x *extractor) safeParent(rel string) error {
 		case !fi.IsDir():
 			return fmt.Errorf("extract: %q: %q is not a directory", rel, p)
 		}
+		x.realDirs[p] = true
 	}
 	return nil
+}
+
+// removeAll removes rel and forgets which directories were real: one of
+// them may be replaced next.
+func (x *extractor) removeAll(rel string) error {
+	clear(x.realDirs)
+	return x.root.RemoveAll(rel)
 }
 
 // charge counts n bytes of the archive against MaxBytes.
@@ -241,7 +255,7 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		if _, err := CleanName(victim); err != nil || victim == "." {
 			return fmt.Errorf("%w: whiteout %q", ErrUnsafe, rel)
 		}
-		if err := x.root.RemoveAll(victim); err != nil {
+		if err := x.removeAll(victim); err != nil {
 			return fmt.Errorf("extract: whiteout %s: %w", rel, err)
 		}
 		return nil
@@ -249,7 +263,7 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 	x.layer[rel] = true
 	// A later entry replaces an earlier one, except directory over directory.
 	if fi, err := x.root.Lstat(rel); err == nil && !(fi.IsDir() && h.Typeflag == tar.TypeDir) {
-		if err := x.root.RemoveAll(rel); err != nil {
+		if err := x.removeAll(rel); err != nil {
 			return fmt.Errorf("extract: replace %s: %w", rel, err)
 		}
 	}
@@ -345,7 +359,7 @@ func (x *extractor) opaque(dirRel string) error {
 	for _, e := range ents {
 		child := path.Join(dirRel, e.Name())
 		if !x.layer[child] {
-			if err := x.root.RemoveAll(child); err != nil {
+			if err := x.removeAll(child); err != nil {
 				return fmt.Errorf("extract: opaque %s: %w", dirRel, err)
 			}
 		}
