@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -135,8 +137,11 @@ func (p *Proxy) track(ctx context.Context, id string) (context.Context, func(), 
 type targetKey struct{}
 
 type target struct {
-	host string // ip:port
-	key  string // names the connection pool: the sandbox and its address
+	id   string       // the sandbox
+	port int          // the sandbox's port
+	host string       // ip:port
+	key  string       // names the connection pool: the sandbox and its address
+	body *requestBody // nil without one, or over HTTP/2
 }
 
 // New returns a proxy. domain is the suffix of host-routed names ("" to
@@ -173,14 +178,22 @@ func New(r Resolver, domain string, log *slog.Logger) *Proxy {
 		},
 		Transport:     transport,
 		FlushInterval: -1, // stream everything as it comes
+		ModifyResponse: func(resp *http.Response) error {
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				closeUnlessRead(resp.Request, resp.Header)
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			closeUnlessRead(r, w.Header())
 			var dead *deadError
 			if errors.As(context.Cause(r.Context()), &dead) {
 				writeError(w, http.StatusBadGateway, dead.Error())
 				return
 			}
-			p.log.Debug("proxy upstream error", "err", err)
-			writeError(w, http.StatusBadGateway, "the sandbox did not answer on this port: "+err.Error())
+			t := r.Context().Value(targetKey{}).(target)
+			p.log.Debug("proxy upstream error", "sandbox", t.id, "err", err)
+			writeError(w, http.StatusBadGateway, fmt.Sprintf("sandbox %q did not answer on port %d: %s", t.id, t.port, upstreamReason(err, t)))
 		},
 	}
 	return p
@@ -251,14 +264,72 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	host := net.JoinHostPort(addr, strconv.Itoa(port))
 	key := net.JoinHostPort(fmt.Sprintf("%s.%d.%s", strings.ToLower(id), t.Epoch,
 		strings.NewReplacer(".", "-", ":", "-").Replace(addr)), strconv.Itoa(port))
-	ctx = context.WithValue(ctx, targetKey{}, target{host: host, key: key})
+	tgt := target{id: id, port: port, host: host, key: key}
+	out := r.WithContext(ctx)
+	if r.ProtoMajor == 1 && r.Body != nil && r.Body != http.NoBody {
+		tgt.body = &requestBody{ReadCloser: r.Body}
+		out.Body = tgt.body
+	}
+	out = out.WithContext(context.WithValue(ctx, targetKey{}, tgt))
 	// The sandbox may answer (a Connect stream starts) before the transport
 	// has finished with the request body; an HTTP/1 server closes the inbound
 	// body when the response starts, the transport's last read of it fails
 	// and the upstream connection is torn down mid-stream (golang/go#40747).
 	// Full duplex keeps the body readable. HTTP/2 is full duplex already.
 	_ = http.NewResponseController(w).EnableFullDuplex()
-	p.rp.ServeHTTP(w, r.WithContext(ctx))
+	p.rp.ServeHTTP(w, out)
+}
+
+// requestBody is an HTTP/1 request body on its way to a sandbox.
+//
+// In full duplex the server leaves a body the sandbox did not read to the
+// end (it failed, died or answered early) to be drained after the handler
+// returns; a drain that reaches the end starts the connection's background
+// read after the server stopped watching for one, and reading the next
+// request on the connection panics with "invalid concurrent Body.Read call"
+// (golang/go#68560). So a response that starts before the body's end closes
+// the connection after it ("Connection: close"): nothing reads the
+// connection after the drain.
+type requestBody struct {
+	io.ReadCloser
+	done atomic.Bool // the transport read the body to its end
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.done.Store(true)
+	}
+	return n, err
+}
+
+// closeUnlessRead sets "Connection: close" on a response that starts
+// before its request's body was read to the end (see requestBody).
+func closeUnlessRead(r *http.Request, h http.Header) {
+	if t, ok := r.Context().Value(targetKey{}).(target); ok && t.body != nil && !t.body.done.Load() {
+		h.Set("Connection", "close")
+	}
+}
+
+// upstreamReason says why a sandbox did not answer without its internal
+// address, which net errors carry ("dial tcp 10.11.0.2:49983: ...").
+func upstreamReason(err error, t target) string {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "the request was cancelled"
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed):
+		return "the connection closed before an answer"
+	}
+	// The innermost net error says what happened without the addresses
+	// ("connect: connection refused").
+	var op *net.OpError
+	for errors.As(err, &op) && op.Err != nil {
+		if op.Timeout() {
+			return "timed out"
+		}
+		err = op.Err
+	}
+	return strings.NewReplacer(t.host, "", t.key, "").Replace(err.Error())
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
