@@ -90,3 +90,32 @@ func TestLoadOrCreateKey(t *testing.T) {
 		t.Errorf("mode %#o, want 0600", fi.Mode().Perm())
 	}
 }
+
+// BenchmarkSandboxWrite: what sealing costs a create (one CreateSandbox and
+// one GetSandbox on SQLite), with and without a secrets key.
+func BenchmarkSandboxWrite(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		opts []Option
+	}{{"plain", nil}, {"sealed", []Option{WithSecretsKey(bytes.Repeat([]byte{7}, KeySize))}}} {
+		b.Run(tc.name, func(b *testing.B) {
+			s, err := Open(b.Context(), "sqlite://"+filepath.Join(b.TempDir(), "cocoon.db"), tc.opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			if err := s.CreateTeam(b.Context(), Team{ID: "t1", Name: "t1", CreatedAt: ts(0)}); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				sb := newSandbox("t1", 0)
+				if err := s.CreateSandbox(b.Context(), &sb); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := s.GetSandbox(b.Context(), sb.ID); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
