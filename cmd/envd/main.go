@@ -48,7 +48,7 @@ func run() error {
 	defUser := fs.String("default-user", envOr("ENVD_DEFAULT_USER", ""), `default account (default "user" when it exists, else envd's own)`)
 	debug := fs.Bool("debug", os.Getenv("ENVD_DEBUG") != "", "log every request (env ENVD_DEBUG)")
 	oomMode := fs.String("oom-killer", envOr("ENVD_OOM_KILLER", "auto"),
-		"kill the largest process when the sandbox runs out of memory: on, off, or auto: on when envd is PID 1 or 2, the sandbox's own daemon (env ENVD_OOM_KILLER)")
+		"kill the largest process when the sandbox runs out of memory: on, off, or auto: on under gVisor when envd is PID 1 or 2, the sandbox's own daemon (env ENVD_OOM_KILLER)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
@@ -81,11 +81,17 @@ func run() error {
 	defer stop()
 	switch *oomMode {
 	case "on", "auto":
-		// auto: never on a machine envd merely runs on (tests, a host).
-		if *oomMode == "on" || os.Getpid() <= 2 {
+		// auto: only as a gVisor sandbox's own daemon (PID 1 or 2): a
+		// microVM's kernel has an OOM killer, and a machine envd merely
+		// runs on (tests, a host) is not envd's to police.
+		gvisor := oom.UnderGVisor()
+		if *oomMode == "on" || (os.Getpid() <= 2 && gvisor) {
 			// envd does not lower its own oom_score_adj: the processes it
 			// starts would inherit it, and Killer spares -1000.
 			k := &oom.Killer{Log: log}
+			if gvisor {
+				k.Sample = oom.Sysinfo
+			}
 			go func() {
 				if err := k.Run(ctx); err != nil && ctx.Err() == nil {
 					log.Warn("oom killer stopped", "err", err)

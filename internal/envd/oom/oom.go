@@ -20,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Killer watches memory and kills the largest process when it runs out.
@@ -32,6 +34,39 @@ type Killer struct {
 	Log *slog.Logger
 	// Kill sends SIGKILL to pid; nil uses syscall.Kill.
 	Kill func(pid int) error
+	// Sample returns the memory total and available, in bytes; nil reads
+	// Proc/meminfo. Under gVisor use Sysinfo: its /proc/meminfo rescans
+	// the sentry's memory file on every read (an idle 512 MiB sandbox
+	// polled 10 times a second used 87 ms of CPU a second, against 12 ms
+	// without the killer).
+	Sample func() (total, avail uint64, err error)
+}
+
+// Sysinfo samples memory with sysinfo(2). Under gVisor it is one fstat of
+// the sentry's memory file: the pages the host charges to the sandbox,
+// freed ones not yet returned included. On Linux freeram leaves the page
+// cache out, so use meminfo's MemAvailable there.
+func Sysinfo() (total, avail uint64, err error) {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0, 0, fmt.Errorf("sysinfo: %w", err)
+	}
+	u := uint64(si.Unit)
+	return uint64(si.Totalram) * u, uint64(si.Freeram) * u, nil
+}
+
+// UnderGVisor reports whether this kernel is gVisor's sentry, whose
+// /proc/version reads "Linux version 4.19.0-gvisor ...".
+func UnderGVisor() bool {
+	b, err := os.ReadFile("/proc/version")
+	return err == nil && bytes.Contains(bytes.ToLower(b), []byte("gvisor"))
+}
+
+func (k *Killer) sample() (total, avail uint64, err error) {
+	if k.Sample != nil {
+		return k.Sample()
+	}
+	return ReadMeminfo(k.proc())
 }
 
 // Reserve is how much memory Killer keeps free, in bytes, of total: the
@@ -58,8 +93,7 @@ func Interval(used, total uint64) time.Duration {
 // Reserve is available. It returns ctx's error, or an error if meminfo
 // cannot be read at all.
 func (k *Killer) Run(ctx context.Context) error {
-	proc := k.proc()
-	if _, _, err := ReadMeminfo(proc); err != nil {
+	if _, _, err := k.sample(); err != nil {
 		return err
 	}
 	t := time.NewTimer(0)
@@ -70,12 +104,12 @@ func (k *Killer) Run(ctx context.Context) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		total, avail, err := ReadMeminfo(proc)
+		total, avail, err := k.sample()
 		used := total - min(avail, total)
 		if err == nil && total > 0 && avail < Reserve(total) {
 			if pid, ok := k.KillLargest(total, used); ok {
 				k.waitReleased(ctx, pid, total)
-				total, avail, _ = ReadMeminfo(proc)
+				total, avail, _ = k.sample()
 				used = total - min(avail, total)
 			}
 		}
@@ -111,7 +145,7 @@ func (k *Killer) waitReleased(ctx context.Context, pid int, total uint64) {
 			}
 		}
 		if gone {
-			if t, avail, err := ReadMeminfo(k.proc()); err != nil || avail >= Reserve(t) {
+			if t, avail, err := k.sample(); err != nil || avail >= Reserve(t) {
 				return
 			}
 		}
