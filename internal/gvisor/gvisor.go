@@ -1,6 +1,7 @@
 // Package gvisor runs sandboxes under gVisor's runsc: one OCI bundle per
-// sandbox over the template's shared root tree with a private in-memory
-// overlay, in the slot's network namespace; templates are saved and sandboxes
+// sandbox over the template's shared root tree with a private overlay
+// backed by a file on the host's disk (see DefaultOverlay), in the slot's
+// network namespace; templates are saved and sandboxes
 // created and resumed with runsc checkpoint/restore.
 //
 // All runsc state lives under Config.StateDir (runsc --root), and all of a
