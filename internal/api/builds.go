@@ -97,6 +97,14 @@ func (s *Server) createTemplateV3(w http.ResponseWriter, r *http.Request) error 
 	if !templateName.MatchString(name) {
 		return errorf(http.StatusBadRequest, fmt.Sprintf("invalid template name %q: lowercase letters, digits, '.', '_', '-', '/'", name))
 	}
+	// 0 keeps the template's (or the base's) value; api/openapi.yaml has the
+	// minimums, the node's capacity the maximums.
+	if c := req.CPUCount; c != 0 && (c < 1 || c > s.cfg.MaxCPUCount) {
+		return errorf(http.StatusBadRequest, fmt.Sprintf("cpuCount must be 1 to %d, got %d", s.cfg.MaxCPUCount, c))
+	}
+	if m := req.MemoryMB; m != 0 && (m < 128 || m > s.cfg.MaxMemoryMB) {
+		return errorf(http.StatusBadRequest, fmt.Sprintf("memoryMB must be 128 to %d, got %d", s.cfg.MaxMemoryMB, m))
+	}
 	t, err := s.store.ResolveTemplate(ctx, name, team)
 	switch {
 	case err == nil && t.TeamID != team:

@@ -15,6 +15,7 @@ import (
 	"connectrpc.com/connect"
 
 	orchestratorv1 "github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1"
+	"github.com/cocoon-run/cocoon/internal/network"
 	"github.com/cocoon-run/cocoon/internal/store"
 )
 
@@ -165,13 +166,17 @@ func decodeBody(r *http.Request, v any) error {
 }
 
 // timeoutFrom turns a requested timeout in seconds into a duration: absent
-// means the default, longer than the maximum is clamped.
-func (s *Server) timeoutFrom(secs *int) time.Duration {
+// means the default, longer than the maximum is clamped, negative is a 400
+// (api/openapi.yaml: minimum 0).
+func (s *Server) timeoutFrom(name string, secs *int) (time.Duration, error) {
 	if secs == nil {
-		return s.cfg.DefaultTimeout
+		return s.cfg.DefaultTimeout, nil
+	}
+	if *secs < 0 {
+		return 0, errorf(http.StatusBadRequest, fmt.Sprintf("%s must be 0 or more seconds, got %d", name, *secs))
 	}
 	d := time.Duration(*secs) * time.Second
-	return min(max(d, 0), s.cfg.MaxTimeout)
+	return min(d, s.cfg.MaxTimeout), nil
 }
 
 // lookup returns a sandbox of the caller's team that is still visible;
@@ -236,6 +241,22 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	if req.TemplateID == "" {
 		return errorf(http.StatusBadRequest, "templateID is required")
 	}
+	// On create, 0 means the default like an absent timeout (api/openapi.yaml);
+	// it used to expire the sandbox at once.
+	if req.Timeout != nil && *req.Timeout == 0 {
+		req.Timeout = nil
+	}
+	timeout, err := s.timeoutFrom("timeout", req.Timeout)
+	if err != nil {
+		return err
+	}
+	if n := req.Network; n != nil {
+		// Checked before anything is recorded: the node refused bad rules
+		// only after the row was written, which stayed in state error.
+		if err := network.CheckEgress(network.Egress{AllowOut: n.AllowOut, DenyOut: n.DenyOut}); err != nil {
+			return errorf(http.StatusBadRequest, "invalid network rules: "+err.Error())
+		}
+	}
 	tpl, build, err := s.store.LatestReadyBuild(ctx, req.TemplateID, team)
 	if errors.Is(err, store.ErrNotFound) {
 		return errorf(http.StatusNotFound, fmt.Sprintf("template %q not found or not built", req.TemplateID))
@@ -295,7 +316,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 		TrafficAccessToken:  trafficToken,
 		EnvdVersion:         EnvdVersion,
 		StartedAt:           now,
-		EndAt:               now.Add(s.timeoutFrom(req.Timeout)),
+		EndAt:               now.Add(timeout),
 		OnTimeout:           onTimeout,
 		AutoResume:          autoResume,
 		AllowInternetAccess: req.AllowInternetAccess == nil || *req.AllowInternetAccess,
@@ -462,6 +483,9 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) error {
 		Limit:    limit,
 		Next:     q.Get("nextToken"),
 	})
+	if errors.Is(err, store.ErrBadToken) {
+		return errorf(http.StatusBadRequest, "invalid nextToken: pass the X-Next-Token of a previous page")
+	}
 	if err != nil {
 		return fmt.Errorf("list sandboxes: %w", err)
 	}
@@ -562,7 +586,10 @@ func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) error {
 	if req.Timeout == nil {
 		return errorf(http.StatusBadRequest, "timeout is required")
 	}
-	d := s.timeoutFrom(req.Timeout)
+	d, err := s.timeoutFrom("timeout", req.Timeout)
+	if err != nil {
+		return err
+	}
 	return s.moveDeadline(w, r, func(end time.Time) time.Time { return s.now().Add(d) })
 }
 
@@ -573,7 +600,10 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	d := s.timeoutFrom(req.Duration)
+	d, err := s.timeoutFrom("duration", req.Duration)
+	if err != nil {
+		return err
+	}
 	// A refresh only ever extends the deadline.
 	return s.moveDeadline(w, r, func(end time.Time) time.Time {
 		if t := s.now().Add(d); t.After(end) {
@@ -693,7 +723,10 @@ func (s *Server) connectOrResume(w http.ResponseWriter, r *http.Request, legacy 
 	if err != nil {
 		return err
 	}
-	d := s.timeoutFrom(req.Timeout)
+	d, err := s.timeoutFrom("timeout", req.Timeout)
+	if err != nil {
+		return err
+	}
 	switch sb.State {
 	case store.StatePaused:
 	case store.StatePausing:

@@ -16,8 +16,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -68,6 +70,12 @@ type Config struct {
 	// wait for a template's ready command (2 min).
 	BuildTimeout time.Duration
 	ReadyTimeout time.Duration
+	// MaxCPUCount and MaxMemoryMB bound a template's resources (400 beyond):
+	// a sandbox larger than a node cannot start. Defaults: this host's
+	// memory, the node's on one host, and its CPUs but at least 8 (a vCPU
+	// is a thread and can be oversubscribed; the SDK's default is 2).
+	MaxCPUCount int
+	MaxMemoryMB int
 }
 
 func (c *Config) setDefaults() {
@@ -87,6 +95,17 @@ func (c *Config) setDefaults() {
 	def(&c.ReadyTimeout, 2*time.Minute)
 	if c.MaxUploadBytes <= 0 {
 		c.MaxUploadBytes = 512 << 20
+	}
+	if c.MaxCPUCount <= 0 {
+		c.MaxCPUCount = max(goruntime.NumCPU(), 8)
+	}
+	if c.MaxMemoryMB <= 0 {
+		var si syscall.Sysinfo_t
+		if err := syscall.Sysinfo(&si); err == nil {
+			c.MaxMemoryMB = int(uint64(si.Totalram) * uint64(si.Unit) >> 20)
+		} else {
+			c.MaxMemoryMB = 1 << 20 // 1 TiB: unknown, so only absurd sizes are refused
+		}
 	}
 	if c.TemplateFilesDir == "" {
 		c.TemplateFilesDir = filepath.Join(os.TempDir(), "cocoon-template-files")

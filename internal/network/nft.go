@@ -94,6 +94,13 @@ func parsePolicy(e Egress) (policy, error) {
 	return p, nil
 }
 
+// CheckEgress says what is wrong with e's rules, as a node would refuse
+// them, so that the API can answer 400 before it records a sandbox.
+func CheckEgress(e Egress) error {
+	_, err := parsePolicy(e)
+	return err
+}
+
 // parseCIDR accepts a CIDR or a bare address; host bits must be zero so
 // that a typo like 10.0.0.1/8 is not silently widened.
 func parseCIDR(s string) (netip.Prefix, error) {

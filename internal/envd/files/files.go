@@ -163,8 +163,11 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, errStatus(http.StatusBadRequest, "%s is a directory", p))
 		return
 	}
-	if !fi.Mode().IsRegular() {
-		// Pipes, devices: no size, no ranges; just stream.
+	// Pipes, devices, and the files of /proc and /sys, which say size 0
+	// and may not seek to their end (ServeContent answered those 500
+	// "seeker can't seek"): no size, no ranges; just stream. A file that
+	// is really empty streams nothing, as it should.
+	if !fi.Mode().IsRegular() || fi.Size() == 0 {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		_, _ = io.Copy(w, f)
 		return

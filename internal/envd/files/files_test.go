@@ -52,6 +52,15 @@ func TestDownload(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "hello.txt")
 	os.WriteFile(p, []byte("hello world"), 0o644)
+	// /proc files say size 0 and some cannot seek to their end; this
+	// process is the server, so its own files are what envd must send.
+	environ, err := os.ReadFile("/proc/self/environ")
+	if err != nil || len(environ) == 0 {
+		t.Fatalf("read /proc/self/environ: %d bytes, %v", len(environ), err)
+	}
+	cmdline, _ := os.ReadFile("/proc/self/cmdline")
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o644)
 
 	tests := []struct {
 		name       string
@@ -65,6 +74,9 @@ func TestDownload(t *testing.T) {
 		{"missing", filepath.Join(dir, "nope"), "", 404, ""},
 		{"directory", dir, "", 400, ""},
 		{"no path", "", "", 400, ""},
+		{"proc environ", "/proc/self/environ", "", 200, string(environ)},
+		{"proc cmdline", "/proc/self/cmdline", "", 200, string(cmdline)},
+		{"empty file", empty, "", 200, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -120,6 +121,8 @@ func Code(err error) connect.Code {
 		errors.Is(err, syscall.EINVAL), errors.Is(err, syscall.ENAMETOOLONG),
 		errors.Is(err, syscall.ELOOP), errors.Is(err, syscall.EXDEV):
 		return connect.CodeInvalidArgument
+	case errors.Is(err, syscall.EBUSY): // a mount point
+		return connect.CodeFailedPrecondition
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return connect.CodeResourceExhausted
 	default:
@@ -181,6 +184,13 @@ func (s *Service) Move(_ context.Context, req *connect.Request[fspb.MoveRequest]
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("source and destination are required"))
 	}
 	src, dst := u.Abs(req.Msg.GetSource()), u.Abs(req.Msg.GetDestination())
+	if src == "/" || dst == "/" {
+		// rename(2) says EBUSY, which was a 500.
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("the root directory cannot be moved or replaced"))
+	}
+	if strings.HasPrefix(dst, src+"/") {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("cannot move %s into itself (%s)", src, dst))
+	}
 	if _, err := os.Lstat(src); err != nil {
 		return nil, toConnect(err)
 	}

@@ -235,6 +235,9 @@ func TestMove(t *testing.T) {
 		{"missing source", filepath.Join(dir, "nope"), filepath.Join(dir, "x"), connect.CodeNotFound},
 		{"empty destination", dst, "", connect.CodeInvalidArgument},
 		{"dir onto non-empty dir", filepath.Join(dir, "new"), dir, connect.CodeAlreadyExists},
+		{"the root", "/", filepath.Join(dir, "root"), connect.CodeInvalidArgument},
+		{"onto the root", dst, "/", connect.CodeInvalidArgument},
+		{"into itself", filepath.Join(dir, "new"), filepath.Join(dir, "new", "inside"), connect.CodeInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
