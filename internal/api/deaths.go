@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -101,23 +102,24 @@ func (s *Server) sandboxDied(ctx context.Context, id, node, reason string) {
 	if reason == "" {
 		reason = "runtime exited"
 	}
+	live := []store.SandboxState{store.StateRunning, store.StateCreating, store.StateResuming, store.StatePausing}
+	sb, err := s.store.GetSandbox(ctx, id)
+	if err != nil || sb.NodeID != node || !slices.Contains(live, sb.State) {
+		return
+	}
+	// The proxy first, before waiting for the sandbox's lock: requests
+	// in flight to it would hang meanwhile (on a loaded node, with 50
+	// sandboxes on 2 cores, the lock and the store write took seconds).
+	s.notifyDeath(id, reason)
 	unlock := s.locks.lock(id)
 	defer unlock()
-	sb, err := s.store.GetSandbox(ctx, id)
-	if err != nil || sb.NodeID != node {
-		return
-	}
-	switch sb.State {
-	case store.StateRunning, store.StateCreating, store.StateResuming, store.StatePausing:
-	default:
-		return
-	}
-	if _, err := s.store.SetSandboxState(ctx, id, []store.SandboxState{sb.State}, store.StateDead, reason); err != nil {
-		s.logger.WarnContext(ctx, "mark sandbox dead", "sandbox", id, "err", err)
+	if _, err := s.store.SetSandboxState(ctx, id, live, store.StateDead, reason); err != nil {
+		if !errors.Is(err, store.ErrConflict) {
+			s.logger.WarnContext(ctx, "mark sandbox dead", "sandbox", id, "err", err)
+		}
 		return
 	}
 	s.logger.WarnContext(ctx, "sandbox died", "sandbox", id, "node", node, "reason", reason)
-	s.notifyDeath(id, reason)
 }
 
 // OnDeath registers f to be told about every sandbox found dead (by the
