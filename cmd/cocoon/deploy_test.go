@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/cocoon-run/cocoon/internal/nodecaps"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
@@ -380,4 +382,54 @@ func envMovesAFlag(t *testing.T, args []string, name string) bool {
 		}
 	}
 	return buf.Len() > 0
+}
+
+// TestSystemdUnits: the fleet's node unit keeps exactly the capability set
+// of cocoon.service (which the runtime tests run under), and the api and
+// proxy units run the fleet's commands with no capability.
+func TestSystemdUnits(t *testing.T) {
+	want, err := nodecaps.FromUnit(filepath.Join("../..", nodecaps.Unit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := nodecaps.FromUnit("../../deploy/cocoon-node.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("cocoon-node.service capabilities: got %v, want cocoon.service's %v", got, want)
+	}
+	for unit, wantArgs := range map[string]string{
+		"cocoon-node.service":  "orchestrator --data-dir /var/lib/cocoon",
+		"cocoon-api.service":   "api --fleet --data-dir /var/lib/cocoon-api",
+		"cocoon-proxy.service": "proxy --fleet --data-dir /var/lib/cocoon-proxy",
+	} {
+		b, err := os.ReadFile(filepath.Join("../../deploy", unit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec := regexp.MustCompile(`(?m)^ExecStart=/usr/local/bin/cocoon (.*)$`).FindSubmatch(b)
+		if exec == nil || string(exec[1]) != wantArgs {
+			t.Errorf("%s: ExecStart: got %q, want cocoon %s", unit, exec, wantArgs)
+			continue
+		}
+		args := strings.Fields(string(exec[1]))
+		cmd, rest, err := newRootCmd().Find(args)
+		if err == nil {
+			err = cmd.ParseFlags(rest)
+		}
+		if err != nil {
+			t.Errorf("%s: cocoon %s: %v", unit, exec[1], err)
+		}
+		// Every COCOON_ variable its env file documents is read.
+		for _, m := range regexp.MustCompile(`(?m)^#\s+(COCOON_[A-Z_]+)=`).FindAllSubmatch(b, -1) {
+			name := string(m[1])
+			if !slices.Contains(runtimeEnv, name) && !envMovesAFlag(t, args, name) {
+				t.Errorf("%s: %s is read by no flag of cocoon %s", unit, name, args[0])
+			}
+		}
+		if unit != "cocoon-node.service" && !bytes.Contains(b, []byte("\nCapabilityBoundingSet=\n")) {
+			t.Errorf("%s: want an empty CapabilityBoundingSet", unit)
+		}
+	}
 }
