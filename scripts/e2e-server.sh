@@ -62,6 +62,13 @@ leftovers() {
 	if [[ -d "$d/sandboxes" ]]; then
 		find "$d/sandboxes" -mindepth 1 -maxdepth 1 | sed 's/^/  sandbox dir: /'
 	fi
+	# Paused state and runsc's records (issue 20: nothing owned by nothing).
+	if [[ -d "$d/snapshots" ]]; then
+		find "$d/snapshots" -mindepth 1 -maxdepth 1 | sed 's/^/  snapshot dir: /'
+	fi
+	if [[ -d "$d/gvisor/state" ]]; then
+		find "$d/gvisor/state" -mindepth 1 -maxdepth 1 | sed 's/^/  runsc state: /'
+	fi
 }
 
 # force_clean D P: removes what leftovers found (all of it was started by this script's server).
