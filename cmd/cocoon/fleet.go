@@ -15,6 +15,8 @@ import (
 
 	"github.com/cocoon-run/cocoon/internal/control/fleet"
 	"github.com/cocoon-run/cocoon/internal/orchestrator"
+	"github.com/cocoon-run/cocoon/internal/runtime"
+	"github.com/cocoon-run/cocoon/internal/store"
 )
 
 // fleetFlags make the parts of `cocoon api|proxy|orchestrator` a fleet:
@@ -52,7 +54,7 @@ func (f *fleetFlags) advertised(nodeListen string) (string, error) {
 }
 
 // nodeAgent heartbeats o to the control plane.
-func nodeAgent(f *fleetFlags, nodeListen, dataDir, token string, o *orchestrator.Orchestrator) (*fleet.Agent, error) {
+func nodeAgent(f *fleetFlags, nodeListen, dataDir, token string, o *orchestrator.Orchestrator, base *fleet.BaseBuild) (*fleet.Agent, error) {
 	self, err := f.advertised(nodeListen)
 	if err != nil {
 		return nil, err
@@ -65,7 +67,7 @@ func nodeAgent(f *fleetFlags, nodeListen, dataDir, token string, o *orchestrator
 		ControlURL: f.controlURL, NodeToken: token,
 		Beat: func(ctx context.Context) (fleet.Heartbeat, error) {
 			hb := fleet.Heartbeat{ID: o.NodeID(), URL: self, Runtimes: o.Runtimes(),
-				VCPUs: vcpus, MemoryMB: memMB, DiskMB: diskMB, Warm: o.WarmSize()}
+				VCPUs: vcpus, MemoryMB: memMB, DiskMB: diskMB, Warm: o.WarmSize(), Base: base}
 			// Locality: the builds this node has run hold their artifacts here.
 			builds := map[string]bool{}
 			for _, sb := range o.List(ctx) {
@@ -83,6 +85,22 @@ func nodeAgent(f *fleetFlags, nodeListen, dataDir, token string, o *orchestrator
 			return hb, nil
 		},
 	}), nil
+}
+
+// baseBuild describes tmpl, the node's base template, for the registry.
+func baseBuild(tmpl *runtime.Template, runtimes []string) *fleet.BaseBuild {
+	return &fleet.BaseBuild{BuildID: tmpl.ID, Dir: tmpl.Dir, Runtimes: runtimes,
+		VCPUs: tmpl.VCPUs, MemoryMB: tmpl.MemoryMB, DiskMB: tmpl.DiskMB}
+}
+
+// recordBase records a node's base build unless the store has it ready:
+// the first node's runtimes stand (nodes of one fleet run the same ones).
+func recordBase(ctx context.Context, st store.Store, b fleet.BaseBuild) error {
+	if cur, err := st.GetBuild(ctx, b.BuildID); err == nil && cur.Status == store.BuildReady {
+		return nil
+	}
+	tmpl := &runtime.Template{ID: b.BuildID, Dir: b.Dir, VCPUs: b.VCPUs, MemoryMB: b.MemoryMB, DiskMB: b.DiskMB}
+	return registerTemplate(ctx, st, tmpl, b.Runtimes)
 }
 
 // newNodeCmd is `cocoon node list|drain|undrain`.

@@ -256,7 +256,7 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		}
 		serve("orchestrator", ln, mux)
 		if f.fleet.controlURL != "" {
-			agent, err := nodeAgent(&f.fleet, f.nodeListen, dataDir, nodeToken, o)
+			agent, err := nodeAgent(&f.fleet, f.nodeListen, dataDir, nodeToken, o, baseBuild(tmpl, tmplRuntimes))
 			if err != nil {
 				return err
 			}
@@ -338,6 +338,7 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 						px.Fail(id, reason)
 					}
 				},
+				OnBase: func(ctx context.Context, b fleet.BaseBuild) error { return recordBase(ctx, st, b) },
 			})
 			nodes = registry
 		} else {

@@ -59,7 +59,10 @@ type Config struct {
 	// OnNodeUp is told about a node seen ready for the first time or again
 	// after it was lost (the api watches its sandboxes' deaths).
 	OnNodeUp func(nodeID string)
-	Now      func() time.Time
+	// OnBase records a base template build a node has, once per build ID
+	// per replica (again after an error).
+	OnBase func(ctx context.Context, b BaseBuild) error
+	Now    func() time.Time
 }
 
 // Registry is an api replica's view of the fleet; it implements api.NodeSet.
@@ -70,6 +73,7 @@ type Registry struct {
 	nodes   map[string]store.Node
 	clients map[string]client
 	snap    *placement.Snapshot
+	bases   map[string]bool // base builds recorded (OnBase)
 }
 
 type client struct {
@@ -97,7 +101,24 @@ func New(cfg Config) *Registry {
 		cfg.Now = time.Now
 	}
 	return &Registry{cfg: cfg, nodes: map[string]store.Node{}, clients: map[string]client{},
-		snap: placement.New(nil, placement.Options{})}
+		snap: placement.New(nil, placement.Options{}), bases: map[string]bool{}}
+}
+
+// newBase tells whether build id is to be recorded, and marks it.
+func (r *Registry) newBase(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bases[id] {
+		return false
+	}
+	r.bases[id] = true
+	return true
+}
+
+func (r *Registry) forgetBase(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.bases, id)
 }
 
 // Run refreshes the view and sweeps for lost nodes until ctx ends.

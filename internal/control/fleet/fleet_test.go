@@ -348,3 +348,39 @@ func TestHostCapacity(t *testing.T) {
 		t.Errorf("HostCapacity: got %d CPUs, %d MiB, %d MiB disk, %v", cpu, mem, disk, err)
 	}
 }
+
+// TestBaseRecordedOnce: the base build a node reports is handed to OnBase
+// once per replica, and again after OnBase failed.
+func TestBaseRecordedOnce(t *testing.T) {
+	f := newTestFleet(t)
+	var calls atomic.Int32
+	fail := atomic.Bool{}
+	fail.Store(true)
+	f.reg.cfg.OnBase = func(_ context.Context, b BaseBuild) error {
+		calls.Add(1)
+		if b.BuildID != "base-1" || b.Dir != "/var/lib/cocoon/templates/base/base-1" {
+			t.Errorf("OnBase: got %+v", b)
+		}
+		if fail.Load() {
+			return errors.New("store down")
+		}
+		return nil
+	}
+	a := NewAgent(AgentConfig{ControlURL: f.srv.URL, NodeToken: "node-secret", Logger: quiet(),
+		Beat: func(ctx context.Context) (Heartbeat, error) {
+			hb, _ := beat("n1")(ctx)
+			hb.Base = &BaseBuild{BuildID: "base-1", Dir: "/var/lib/cocoon/templates/base/base-1", Runtimes: []string{"gvisor"}, VCPUs: 2, MemoryMB: 512, DiskMB: 2048}
+			return hb, nil
+		}})
+	for i, want := range []int32{1, 2, 2, 2} {
+		if i == 1 {
+			fail.Store(false)
+		}
+		if _, err := a.Beat(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if got := calls.Load(); got != want {
+			t.Errorf("after beat %d: OnBase called %d times, want %d", i+1, got, want)
+		}
+	}
+}

@@ -33,6 +33,20 @@ type Heartbeat struct {
 	Sandboxes    int      `json:"sandboxes"`
 	Warm         int      `json:"warm"`
 	Templates    []string `json:"templates"`
+	// Base is the node's current base template build. Built from the same
+	// inputs it has the same build ID on every node; the api records the
+	// first one it hears of (nodes cannot write to the store).
+	Base *BaseBuild `json:"base,omitempty"`
+}
+
+// BaseBuild describes a node's base template build.
+type BaseBuild struct {
+	BuildID  string   `json:"buildID"`
+	Dir      string   `json:"dir"`
+	Runtimes []string `json:"runtimes"`
+	VCPUs    int      `json:"vcpus"`
+	MemoryMB int      `json:"memoryMB"`
+	DiskMB   int      `json:"diskMB"`
 }
 
 // NodeJSON is a node as /admin/nodes and the heartbeat's reply show it.
@@ -118,6 +132,12 @@ func (r *Registry) heartbeat(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusInternalServerError, "internal server error")
 		return
 	}
+	if hb.Base != nil && r.cfg.OnBase != nil && r.newBase(hb.Base.BuildID) {
+		if err := r.cfg.OnBase(req.Context(), *hb.Base); err != nil {
+			r.forgetBase(hb.Base.BuildID)
+			r.cfg.Logger.WarnContext(req.Context(), "record the base template a node has", "node", hb.ID, "build", hb.Base.BuildID, "err", err)
+		}
+	}
 	writeJSON(w, http.StatusOK, nodeJSON(n))
 }
 
@@ -132,6 +152,9 @@ func (hb Heartbeat) validate() error {
 	if hb.VCPUs < 0 || hb.MemoryMB < 0 || hb.DiskMB < 0 || hb.UsedVCPUs < 0 || hb.UsedMemoryMB < 0 ||
 		hb.UsedDiskMB < 0 || hb.Sandboxes < 0 || hb.Warm < 0 {
 		return errors.New("negative capacity or load")
+	}
+	if b := hb.Base; b != nil && (b.BuildID == "" || b.Dir == "" || len(b.Runtimes) == 0 || b.VCPUs <= 0 || b.MemoryMB <= 0) {
+		return errors.New("base: want buildID, dir, runtimes and a shape")
 	}
 	if len(hb.Templates) > maxTemplates {
 		return fmt.Errorf("%d templates: at most %d", len(hb.Templates), maxTemplates)
