@@ -67,7 +67,9 @@ func TestMachineDisk(t *testing.T) {
 		mustRun(t, sb.Address, "nohup sleep 3600 >/dev/null 2>&1 & echo $! > /home/user/sleep.pid")
 
 		t0 := time.Now()
-		r, err := run(ctx, sb.Address, testToken, "dd if=/dev/zero of=/home/user/fill bs=4M status=none; echo dd=$?")
+		// Most of the space at once (writing GiBs takes minutes under
+		// TCG), then dd writes into the last 64 MiB until ENOSPC.
+		r, err := run(ctx, sb.Address, testToken, "avail=$(df -B1M --output=avail /home/user | tail -1); fallocate -l $((avail - 64))M /home/user/fill0 || true; dd if=/dev/zero of=/home/user/fill bs=4M status=none; echo dd=$?")
 		if err != nil {
 			t.Fatalf("fill the disk: %v", err)
 		}
@@ -81,7 +83,7 @@ func TestMachineDisk(t *testing.T) {
 		if m, err := o.Metrics(ctx, sb.ID); err != nil || m.DiskUsed < m.DiskTotal*8/10 {
 			t.Errorf("metrics of a full disk: used %d of %d (%v)", m.DiskUsed, m.DiskTotal, err)
 		}
-		mustRun(t, sb.Address, "rm /home/user/fill && dd if=/dev/zero of=/home/user/again bs=1M count=64 status=none && sync")
+		mustRun(t, sb.Address, "rm -f /home/user/fill /home/user/fill0 && dd if=/dev/zero of=/home/user/again bs=1M count=64 status=none && sync")
 
 		sum := mustRun(t, sb.Address, "head -c 32M /dev/urandom > /home/user/random && md5sum < /home/user/random")
 		if _, err := o.Pause(ctx, sb.ID); err != nil {
