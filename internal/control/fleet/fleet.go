@@ -74,7 +74,21 @@ type Registry struct {
 	clients map[string]client
 	snap    *placement.Snapshot
 	bases   map[string]bool // base builds recorded (OnBase)
+	// booked are this replica's recent placements, added to the nodes'
+	// reported load until their heartbeats surely count them.
+	booked []booking
 }
+
+type booking struct {
+	node string
+	at   time.Time
+	req  placement.Request
+}
+
+// bookingTTL is how long a placement is added to its node's reported
+// load: the create must finish and the next heartbeat come (every 3 s).
+// Counting a sandbox twice for a few seconds only makes a node look fuller.
+const bookingTTL = 2 * HeartbeatInterval
 
 type client struct {
 	url string
@@ -146,9 +160,21 @@ func (r *Registry) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	snap := placement.New(rows, placement.Options{})
 	var up []string
 	r.mu.Lock()
+	now := r.cfg.Now()
+	r.booked = slices.DeleteFunc(r.booked, func(b booking) bool { return now.Sub(b.at) > bookingTTL })
+	for i := range rows {
+		for _, b := range r.booked {
+			if b.node == rows[i].ID {
+				rows[i].UsedVCPUs += b.req.VCPUs
+				rows[i].UsedMemoryMB += b.req.MemoryMB
+				rows[i].UsedDiskMB += b.req.DiskMB
+				rows[i].Sandboxes++
+			}
+		}
+	}
+	snap := placement.New(rows, placement.Options{})
 	seen := make(map[string]store.Node, len(rows))
 	for _, n := range rows {
 		seen[n.ID] = n
@@ -205,17 +231,24 @@ func (noNodeError) Is(target error) bool { return target == api.ErrNoNode }
 
 // Pick implements api.NodeSet with placement's best of K.
 func (r *Registry) Pick(_ context.Context, p api.Placement) (string, error) {
+	req := placement.Request{
+		BuildID: p.BuildID, Runtime: p.Runtime,
+		VCPUs: int(p.VCPUs), MemoryMB: int64(p.MemoryMB), DiskMB: int64(p.DiskMB),
+	}
 	r.mu.Lock()
 	snap := r.snap
 	r.mu.Unlock()
-	id, err := snap.Pick(placement.Request{
-		BuildID: p.BuildID, Runtime: p.Runtime,
-		VCPUs: int(p.VCPUs), MemoryMB: int64(p.MemoryMB), DiskMB: int64(p.DiskMB),
-	})
+	id, err := snap.Pick(req)
 	if ne := (*placement.NoNodeError)(nil); errors.As(err, &ne) {
 		return "", noNodeError{ne}
 	}
-	return id, err
+	if err != nil {
+		return "", err
+	}
+	r.mu.Lock()
+	r.booked = append(r.booked, booking{node: id, at: r.cfg.Now(), req: req})
+	r.mu.Unlock()
+	return id, nil
 }
 
 // IDs implements api.NodeSet: the nodes not lost, which the api watches,

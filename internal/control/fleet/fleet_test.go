@@ -137,6 +137,8 @@ func TestPlacementFollowsRegistry(t *testing.T) {
 			}
 			count[id]++
 		}
+		f.clk.add(bookingTTL + time.Second) // the next round starts from the heartbeats
+		f.beat(t, "a", "b", "c")
 		return count
 	}
 	if got := placed(); len(got) != 3 {
@@ -383,4 +385,49 @@ func TestBaseRecordedOnce(t *testing.T) {
 			t.Errorf("after beat %d: OnBase called %d times, want %d", i+1, got, want)
 		}
 	}
+}
+
+// TestBookingsSurviveRefresh: placements made since the nodes' last
+// heartbeats still count after a refresh, so a burst of creates spreads
+// instead of landing on the node that looked emptiest at its last beat.
+func TestBookingsSurviveRefresh(t *testing.T) {
+	f := newTestFleet(t)
+	f.beat(t, "a", "b", "c")
+	count := map[string]int{}
+	for range 12 {
+		id, err := f.reg.Pick(t.Context(), api.Placement{VCPUs: 1, MemoryMB: 1024})
+		if err != nil {
+			t.Fatal(err)
+		}
+		count[id]++
+		f.clk.add(100 * time.Millisecond)
+		if err := f.reg.Refresh(t.Context()); err != nil { // no new heartbeat meanwhile
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if count[id] < 3 {
+			t.Errorf("12 placements with a refresh after each: got %v, want at least 3 on each node", count)
+			break
+		}
+	}
+	// Bookings expire: after bookingTTL the heartbeats are the truth.
+	f.clk.add(bookingTTL + time.Second)
+	f.beat(t, "a", "b", "c")
+	for _, n := range f.reg.snapNodes() {
+		if n.UsedMemoryMB != 0 {
+			t.Errorf("node %s after bookings expired: %d MiB used, want 0", n.ID, n.UsedMemoryMB)
+		}
+	}
+}
+
+// snapNodes returns the load the registry's last refresh placed by.
+func (r *Registry) snapNodes() []store.Node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []store.Node
+	for _, n := range r.nodes {
+		out = append(out, n)
+	}
+	return out
 }
