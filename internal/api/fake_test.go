@@ -85,9 +85,8 @@ func (f *fakeNode) List(_ context.Context, req *connect.Request[orchestratorv1.L
 	f.mu.Lock()
 	out := &orchestratorv1.ListResponse{}
 	for _, sb := range f.sandboxes {
-		if sb.GetState() == orchestratorv1.State_STATE_RUNNING {
-			out.Sandboxes = append(out.Sandboxes, sb)
-		}
+		// As a node does: running, paused (its snapshot dir) and dead.
+		out.Sandboxes = append(out.Sandboxes, sb)
 	}
 	after := f.afterList
 	f.mu.Unlock()
