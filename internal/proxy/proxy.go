@@ -276,7 +276,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// body when the response starts, the transport's last read of it fails
 	// and the upstream connection is torn down mid-stream (golang/go#40747).
 	// Full duplex keeps the body readable. HTTP/2 is full duplex already.
-	_ = http.NewResponseController(w).EnableFullDuplex()
+	rc := http.NewResponseController(w)
+	_ = rc.EnableFullDuplex()
+	if tgt.body != nil {
+		defer tgt.body.stop(rc) // on a panic too (ReverseProxy aborts a broken stream with one)
+	}
 	p.rp.ServeHTTP(w, out)
 }
 
@@ -289,18 +293,44 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // request on the connection panics with "invalid concurrent Body.Read call"
 // (golang/go#68560). So a response that starts before the body's end closes
 // the connection after it ("Connection: close"): nothing reads the
-// connection after the drain.
+// connection after the drain. And the transport, which reads the body in a
+// goroutine of its own, stops reading it before the handler ends (stop): a
+// read that came back after it could start that background read while the
+// server waited for the connection's reads to end, and the connection hung.
 type requestBody struct {
 	io.ReadCloser
-	done atomic.Bool // the transport read the body to its end
+	done    atomic.Bool // the transport read the body to its end
+	stopped atomic.Bool // the handler is ending: no more reads
+	mu      sync.Mutex  // held by a read
 }
 
+var errHandlerDone = errors.New("the request is over")
+
 func (b *requestBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopped.Load() {
+		return 0, errHandlerDone
+	}
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {
 		b.done.Store(true)
 	}
 	return n, err
+}
+
+// stop ends the transport's reads of the body; it returns when none is in
+// progress. One waiting for the client is cut short by a read deadline (the
+// connection closes after such a response: the body was not read to its end).
+func (b *requestBody) stop(rc *http.ResponseController) {
+	b.stopped.Store(true)
+	if b.mu.TryLock() {
+		b.mu.Unlock()
+		return
+	}
+	_ = rc.SetReadDeadline(time.Now())
+	b.mu.Lock()
+	defer b.mu.Unlock()
 }
 
 // closeUnlessRead sets "Connection: close" on a response that starts
