@@ -130,6 +130,11 @@ func TestDeathOOM(t *testing.T) {
 	e := need(t)
 	o := e.newOrchestrator(t)
 	e.each(t, func(t *testing.T, rt string) {
+		if rt != gvisor.Name {
+			// A microVM's guest kernel kills inside its fixed memory; the
+			// host's OOM killer never sees it.
+			t.Skip("the host's OOM killer ends gVisor sandboxes only")
+		}
 		ctx := context.Background()
 		p := e.params(newID("oom"), rt)
 		p.MemoryMB = 256
