@@ -94,13 +94,15 @@ func TestDeathReportedByNode(t *testing.T) {
 // TestRestartSettlesTransitions: operations an api process left half-way
 // when it died are settled by the next one at its start, from the node's
 // view (a pause the node finished, a pause it rolled back, a create it
-// never finished), before it serves a request; not NodeTimeout later.
+// never finished, a resume it never finished), before it serves a
+// request; not NodeTimeout later.
 func TestRestartSettlesTransitions(t *testing.T) {
 	e := newEnv(t, Config{LifecycleInterval: time.Hour, ReconcileInterval: time.Hour})
 	ctx := context.Background()
 	paused := e.create(e.keyA, nil)
 	rolledBack := e.create(e.keyA, nil)
 	lost := e.create(e.keyA, nil)
+	resuming := e.create(e.keyA, nil)
 	set := func(id string, to store.SandboxState) {
 		t.Helper()
 		if _, err := e.store.SetSandboxState(ctx, id, []store.SandboxState{store.StateRunning}, to, ""); err != nil {
@@ -112,6 +114,8 @@ func TestRestartSettlesTransitions(t *testing.T) {
 	set(rolledBack.SandboxID, store.StatePausing) // the node still runs it
 	set(lost.SandboxID, store.StateCreating)
 	e.node.drop(lost.SandboxID)
+	set(resuming.SandboxID, store.StateResuming) // the node never finished it
+	e.node.put(&orchestratorv1.Sandbox{SandboxId: resuming.SandboxID, State: orchestratorv1.State_STATE_PAUSED, Snapshot: "/snapshots/y/state"})
 
 	// A new api process over the same store, after the crash.
 	e.start(Config{LifecycleInterval: time.Hour, ReconcileInterval: time.Hour})
@@ -124,6 +128,7 @@ func TestRestartSettlesTransitions(t *testing.T) {
 		{paused.SandboxID, store.StatePaused, "/snapshots/x/state"},
 		{rolledBack.SandboxID, store.StateRunning, ""},
 		{lost.SandboxID, store.StateDead, ""},
+		{resuming.SandboxID, store.StatePaused, "/snapshots/y/state"},
 	} {
 		got, err := e.store.GetSandbox(ctx, tc.id)
 		if err != nil || got.State != tc.want || got.SnapshotURI != tc.snapshot {

@@ -223,9 +223,10 @@ func (s *Server) settle(ctx context.Context, sb store.Sandbox, n *orchestratorv1
 		return nil
 	case alive: // creating/resuming finished, or a pause never happened
 		_, err = s.store.SetSandboxState(ctx, sb.ID, from, store.StateRunning, "")
-	case n != nil && n.GetState() == orchestratorv1.State_STATE_PAUSED && sb.State == store.StatePausing:
+	case n != nil && n.GetState() == orchestratorv1.State_STATE_PAUSED && (sb.State == store.StatePausing || sb.State == store.StateResuming):
+		// A pause that finished, or a resume that never did.
 		_, err = store.Modify(ctx, s.store, sb.ID, func(c *store.Sandbox) error {
-			if c.State != store.StatePausing {
+			if c.State != sb.State {
 				return store.ErrConflict
 			}
 			c.State, c.SnapshotURI = store.StatePaused, n.GetSnapshot()

@@ -122,10 +122,16 @@ func (o *Orchestrator) reconcile(ctx context.Context) error {
 		return err
 	}
 	for _, d := range snaps {
-		if owned[d.Name()] {
+		o.mu.Lock()
+		e := o.sandboxes[d.Name()]
+		o.mu.Unlock()
+		running := e != nil && e.sb.State == StateRunning
+		if owned[d.Name()] && !running {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(o.snapshotRoot(), d.Name(), "record.json")); err == nil {
+		// A running sandbox's snapshot is what a resume a crash cut short
+		// had not removed yet: the state lives in the sandbox again.
+		if _, err := os.Stat(filepath.Join(o.snapshotRoot(), d.Name(), "record.json")); err == nil && !running {
 			continue
 		}
 		path := filepath.Join(o.snapshotRoot(), d.Name())
