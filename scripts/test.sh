@@ -41,6 +41,11 @@ mapfile -t integration_pkgs < <(go list ./... | grep -E "$integration")
 step "Go unit tests (-count=3)"
 go test -count=3 -timeout 20m "${unit_pkgs[@]}"
 
+step "control plane under the race detector"
+# The api's lifecycle, placement, the node registry, the store and the
+# proxy are shared by many goroutines (and replicas): -race once (issue 14).
+go test -race -count=1 -timeout 20m ./internal/api/ ./internal/control/... ./internal/store/ ./internal/proxy/ ./internal/nodeauth/
+
 step "Go integration tests"
 go test -count=1 -timeout 40m "${integration_pkgs[@]}"
 
