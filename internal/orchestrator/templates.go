@@ -223,7 +223,9 @@ func (o *Orchestrator) makeLayer(ctx context.Context, p BuildParams, parent *run
 		return os.WriteFile(filepath.Join(dir, "disk_mb"), []byte(strconv.Itoa(parent.DiskMB)), 0o644)
 	case p.Image != nil:
 		progress("rootfs: import image " + p.Image.Image)
-		cfg, digest, err := oci.Import(ctx, *p.Image, tree, rootfs.Guest{
+		ref := *p.Image
+		ref.MaxBytes = int64(orDefault(p.DiskMB, parent.DiskMB)) << 20
+		cfg, digest, err := oci.Import(ctx, ref, tree, rootfs.Guest{
 			EnvdPath: filepath.Join(parent.RootfsDir, guest.EnvdPath), TiniPath: filepath.Join(parent.RootfsDir, "usr/bin/tini-static"),
 		},
 			func(f string, a ...any) { progress(fmt.Sprintf(f, a...)) })

@@ -46,6 +46,9 @@ type ExtractOptions struct {
 	// MaxBytes caps the total size of regular files plus entryOverhead per
 	// entry (0: no limit); more is ErrTooLarge.
 	MaxBytes int64
+	// Counted (optional) carries what earlier archives (an image's lower
+	// layers) counted against MaxBytes; Extract adds this one's.
+	Counted *int64
 	// Skipped (optional) is told about each entry left out: device nodes,
 	// FIFOs and sockets are never created on the host.
 	Skipped func(name, why string)
@@ -70,6 +73,10 @@ func Extract(r io.Reader, dir string, opts ExtractOptions) error {
 	}
 	defer root.Close()
 	x := &extractor{root: root, opts: opts, layer: map[string]bool{}, realDirs: map[string]bool{}}
+	if opts.Counted != nil {
+		x.written = *opts.Counted
+		defer func() { *opts.Counted = x.written }()
+	}
 	tr := tar.NewReader(r)
 	var dirs []*tar.Header
 	for {

@@ -155,3 +155,20 @@ func TestExtractOwners(t *testing.T) {
 		}
 	}
 }
+
+// TestExtractCapAcrossLayers: an image's layers share one cap (Counted), so
+// many layers each under it cannot fill the disk together.
+func TestExtractCapAcrossLayers(t *testing.T) {
+	root := t.TempDir()
+	var counted int64
+	opts := ExtractOptions{Whiteouts: true, MaxBytes: 3000, Counted: &counted}
+	if err := Extract(tarOf(t, file("a", string(make([]byte, 1000)))), root, opts); err != nil {
+		t.Fatal(err)
+	}
+	if err := Extract(tarOf(t, file("b", string(make([]byte, 1000)))), root, opts); err != nil {
+		t.Fatal(err)
+	}
+	if err := Extract(tarOf(t, file("c", string(make([]byte, 1000)))), root, opts); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("third layer: got %v, want ErrTooLarge (counted %d)", err, counted)
+	}
+}

@@ -41,6 +41,9 @@ type Ref struct {
 	Password string
 	// Insecure allows plain HTTP (local and test registries).
 	Insecure bool
+	// MaxBytes caps the flattened image's file data (Import; 0: no cap):
+	// the template's disk size.
+	MaxBytes int64
 }
 
 // Pull resolves ref for linux/amd64 (or the host platform) and returns the
@@ -77,6 +80,13 @@ func Pull(ctx context.Context, ref Ref) (v1.Image, string, error) {
 // Flatten extracts img's layers, lowest first, into dir, applying
 // whiteouts. logf (optional) is told about each layer.
 func Flatten(ctx context.Context, img v1.Image, dir string, logf func(string, ...any)) error {
+	return flatten(ctx, img, dir, 0, logf)
+}
+
+// flatten is Flatten with a cap on the layers' file data, all layers
+// together (0: none).
+func flatten(ctx context.Context, img v1.Image, dir string, maxBytes int64, logf func(string, ...any)) error {
+	var counted int64
 	layers, err := img.Layers()
 	if err != nil {
 		return fmt.Errorf("flatten: layers: %w", err)
@@ -94,7 +104,7 @@ func Flatten(ctx context.Context, img v1.Image, dir string, logf func(string, ..
 		if err != nil {
 			return fmt.Errorf("flatten: layer %d: %w", i+1, err)
 		}
-		err = Extract(rc, dir, ExtractOptions{Whiteouts: true})
+		err = Extract(rc, dir, ExtractOptions{Whiteouts: true, MaxBytes: maxBytes, Counted: &counted})
 		rc.Close()
 		if err != nil {
 			return fmt.Errorf("flatten: layer %d: %w", i+1, err)
@@ -134,7 +144,7 @@ func Import(ctx context.Context, ref Ref, dir string, g rootfs.Guest, logf func(
 		return Config{}, "", err
 	}
 	logf("image %s", digest)
-	if err := Flatten(ctx, img, dir, logf); err != nil {
+	if err := flatten(ctx, img, dir, ref.MaxBytes, logf); err != nil {
 		return Config{}, "", err
 	}
 	cfg, err := ImageConfig(img)
