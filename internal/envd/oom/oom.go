@@ -98,6 +98,11 @@ func (k *Killer) Run(ctx context.Context) error {
 	}
 	t := time.NewTimer(0)
 	defer t.Stop()
+	// stuck is the use at which a kill gave no memory back (memory no
+	// process holds, such as a tmpfs's): the next kill waits until use
+	// has grown by a quarter of the reserve beyond it, instead of killing
+	// every process in turn for nothing.
+	var stuck uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -106,11 +111,18 @@ func (k *Killer) Run(ctx context.Context) error {
 		}
 		total, avail, err := k.sample()
 		used := total - min(avail, total)
-		if err == nil && total > 0 && avail < Reserve(total) {
+		low := err == nil && total > 0 && avail < Reserve(total)
+		if !low {
+			stuck = 0
+		}
+		if low && (stuck == 0 || used > stuck+Reserve(total)/4) {
 			if pid, ok := k.KillLargest(total, used); ok {
 				k.waitReleased(ctx, pid, total)
 				total, avail, _ = k.sample()
 				used = total - min(avail, total)
+				if avail < Reserve(total) {
+					stuck = used
+				}
 			}
 		}
 		t.Reset(Interval(used, total))
