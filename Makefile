@@ -7,7 +7,7 @@ BIN := bin
 DATA_DIR ?= /var/lib/cocoon
 GOFLAGS_STATIC := CGO_ENABLED=0
 
-.PHONY: all build envd cocoon test-registry setup run test test-go test-e2e generate vet bench clean
+.PHONY: all build envd cocoon test-registry setup run test test-go test-e2e cluster-test generate vet bench clean
 
 all: build
 
@@ -41,6 +41,10 @@ generate:
 vet:
 	go vet ./...
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+
+# A fleet on one machine: PostgreSQL, api, two proxies, three nodes (issue 14).
+cluster-test: build
+	scripts/cluster-test.sh
 
 bench: build
 	$(BIN)/cocoon bench --data-dir $(DATA_DIR)

@@ -85,10 +85,15 @@ type booking struct {
 	req  placement.Request
 }
 
-// bookingTTL is how long a placement is added to its node's reported
-// load: the create must finish and the next heartbeat come (every 3 s).
-// Counting a sandbox twice for a few seconds only makes a node look fuller.
-const bookingTTL = 2 * HeartbeatInterval
+// bookingTTL is how long at most a placement is added to its node's
+// reported load: the create must finish and the next heartbeat come (every
+// 3 s). A heartbeat stamped bookingGrace after the placement counts the
+// sandbox itself, so the booking goes then (counting a sandbox twice makes
+// a small node refuse creates it could take).
+const (
+	bookingTTL   = 2 * HeartbeatInterval
+	bookingGrace = HeartbeatInterval
+)
 
 type client struct {
 	url string
@@ -163,7 +168,13 @@ func (r *Registry) Refresh(ctx context.Context) error {
 	var up []string
 	r.mu.Lock()
 	now := r.cfg.Now()
-	r.booked = slices.DeleteFunc(r.booked, func(b booking) bool { return now.Sub(b.at) > bookingTTL })
+	beat := make(map[string]time.Time, len(rows))
+	for _, n := range rows {
+		beat[n.ID] = n.HeartbeatAt
+	}
+	r.booked = slices.DeleteFunc(r.booked, func(b booking) bool {
+		return now.Sub(b.at) > bookingTTL || beat[b.node].After(b.at.Add(bookingGrace))
+	})
 	for i := range rows {
 		for _, b := range r.booked {
 			if b.node == rows[i].ID {

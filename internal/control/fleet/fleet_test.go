@@ -431,3 +431,24 @@ func (r *Registry) snapNodes() []store.Node {
 	}
 	return out
 }
+
+// TestBookingGoesWithTheNextBeat: a heartbeat stamped bookingGrace after a
+// placement counts the sandbox itself, so the booking no longer adds to it.
+func TestBookingGoesWithTheNextBeat(t *testing.T) {
+	f := newTestFleet(t)
+	f.beat(t, "a")
+	if _, err := f.reg.Pick(t.Context(), api.Placement{VCPUs: 1, MemoryMB: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	used := func() int64 { return f.reg.snapNodes()[0].UsedMemoryMB }
+	f.clk.add(time.Second)
+	f.beat(t, "a") // too early: the create may not be done
+	if got := used(); got != 1000 {
+		t.Errorf("used after an early beat: got %d MiB, want 1000 (booked)", got)
+	}
+	f.clk.add(bookingGrace)
+	f.beat(t, "a") // the node's own count (0 here) is the truth
+	if got := used(); got != 0 {
+		t.Errorf("used after a later beat: got %d MiB, want 0", got)
+	}
+}

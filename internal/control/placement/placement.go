@@ -31,8 +31,9 @@ const DefaultK = 5
 
 // DefaultCPUOvercommit is how many vCPUs of sandboxes a node takes per host
 // CPU: sandboxes of agents idle most of the time, so CPUs are shared, while
-// memory and disk are never overcommitted.
-const DefaultCPUOvercommit = 4
+// memory and disk are never overcommitted. (A 2-CPU node takes 8 sandboxes
+// of the base template's 2 vCPUs.)
+const DefaultCPUOvercommit = 8
 
 // localityBonus is added to the score of a node holding the build: a local
 // build beats a remote one unless the remote node is markedly emptier.
