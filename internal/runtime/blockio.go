@@ -22,7 +22,10 @@ type IOLimit struct {
 // DefaultIOLimit is every sandbox's I/O limit unless its driver is told
 // otherwise: enough for a build or a pause (a 256 MiB snapshot in 1 s),
 // far from what one guest needs to starve its neighbours on a node disk.
-var DefaultIOLimit = IOLimit{ReadBps: 256 << 20, WriteBps: 256 << 20, ReadIOPS: 4000, WriteIOPS: 4000}
+// No IOPS limit: a QEMU clone faults its RAM in from the template's memory
+// file page by page, and 4000 IOPS made a guest writing 100 MiB of memory
+// take over 30 s (TestDriver) when the file was not in the page cache.
+var DefaultIOLimit = IOLimit{ReadBps: 256 << 20, WriteBps: 256 << 20}
 
 // BlockDevice returns the major and minor numbers of the whole disk that
 // holds path: cgroup I/O limits take disks, not partitions. It fails for
