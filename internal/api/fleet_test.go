@@ -63,3 +63,26 @@ func TestPausedStaysOnItsNode(t *testing.T) {
 		t.Errorf("d's snapshot on node2 after kill: got %v, want gone", got)
 	}
 }
+
+// TestCreateAvoidsADeadNode: a node that refuses the connection (it died;
+// the fleet marks it lost only after 15 s) never saw the create, which is
+// placed again on another node instead of failing.
+func TestCreateAvoidsADeadNode(t *testing.T) {
+	e := newEnv(t, Config{})
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close() // connection refused from now on
+	live, _ := e.nodes.Client("node1")
+	e.nodes = NewStaticNodes(map[string]orchestratorv1connect.OrchestratorServiceClient{
+		"node0": nodeauth.NewClient(http.DefaultClient, deadURL, nodeToken), // picked first (sorted, none placed)
+		"node1": live,
+	})
+	e.start(Config{})
+	sb := e.create(e.keyA, map[string]any{"timeout": 60})
+	if got := e.node.state(sb.SandboxID); got != orchestratorv1.State_STATE_RUNNING {
+		t.Fatalf("sandbox on node1: got %v, want running", got)
+	}
+	if row, err := e.store.GetSandbox(t.Context(), sb.SandboxID); err != nil || row.NodeID != "node1" || row.State != "running" {
+		t.Errorf("row: node %q state %q, %v; want node1 running", row.NodeID, row.State, err)
+	}
+}

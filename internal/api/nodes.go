@@ -24,6 +24,8 @@ type Placement struct {
 	VCPUs    uint32
 	MemoryMB uint32
 	DiskMB   uint32
+	// Avoid names nodes not to choose (one that refused the connection).
+	Avoid []string
 }
 
 // NodeSet is how the api reaches nodes: only through the orchestrator RPC.
@@ -62,11 +64,14 @@ func (s *StaticNodes) Client(id string) (orchestratorv1connect.OrchestratorServi
 }
 
 // Pick implements NodeSet.
-func (s *StaticNodes) Pick(_ context.Context, _ Placement) (string, error) {
+func (s *StaticNodes) Pick(_ context.Context, p Placement) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	best := ""
 	for _, id := range s.IDs() {
+		if slices.Contains(p.Avoid, id) {
+			continue
+		}
 		if best == "" || s.placed[id] < s.placed[best] {
 			best = id
 		}

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -339,22 +340,45 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	unlock := s.locks.lock(sb.ID)
 	defer unlock()
 
-	client, err := s.nodes.Client(nodeID)
-	if err != nil {
-		s.failSandbox(ctx, sb.ID, "node: "+err.Error())
-		return fmt.Errorf("create sandbox: %w", err)
-	}
 	nctx, cancel := s.nodeCtx(ctx)
 	defer cancel()
-	resp, err := client.Create(nctx, connect.NewRequest(&orchestratorv1.CreateRequest{
-		SandboxId:       sb.ID,
-		Template:        &orchestratorv1.TemplateRef{TemplateId: tpl.ID, BuildId: build.ID, Dir: build.ArtifactDir},
-		Vcpus:           uint32(sb.CPUCount),
-		MemoryMb:        uint32(sb.MemoryMB),
-		EnvVars:         sb.EnvVars,
-		EnvdAccessToken: sb.EnvdAccessToken,
-		Egress:          egress(sb),
-	}))
+	var resp *connect.Response[orchestratorv1.CreateResponse]
+	for avoid := []string(nil); ; {
+		client, cerr := s.nodes.Client(nodeID)
+		if cerr != nil {
+			s.failSandbox(ctx, sb.ID, "node: "+cerr.Error())
+			return fmt.Errorf("create sandbox: %w", cerr)
+		}
+		resp, err = client.Create(nctx, connect.NewRequest(&orchestratorv1.CreateRequest{
+			SandboxId:       sb.ID,
+			Template:        &orchestratorv1.TemplateRef{TemplateId: tpl.ID, BuildId: build.ID, Dir: build.ArtifactDir},
+			Vcpus:           uint32(sb.CPUCount),
+			MemoryMb:        uint32(sb.MemoryMB),
+			EnvVars:         sb.EnvVars,
+			EnvdAccessToken: sb.EnvdAccessToken,
+			Egress:          egress(sb),
+		}))
+		// A node that refused the connection never saw the request (it
+		// died, and the fleet has not marked it lost yet): place again,
+		// elsewhere, at most twice.
+		if err == nil || len(avoid) == 2 || !errors.Is(err, syscall.ECONNREFUSED) {
+			break
+		}
+		avoid = append(avoid, nodeID)
+		next, perr := s.nodes.Pick(ctx, Placement{TemplateID: tpl.ID, BuildID: build.ID, Avoid: avoid,
+			VCPUs: uint32(tpl.CPUCount), MemoryMB: uint32(tpl.MemoryMB), DiskMB: uint32(tpl.DiskMB)})
+		if perr != nil {
+			break
+		}
+		s.logger.WarnContext(ctx, "node refused the create; placing again", "sandbox", sb.ID, "node", nodeID, "next", next)
+		if _, merr := store.Modify(ctx, s.store, sb.ID, func(cur *store.Sandbox) error {
+			cur.NodeID = next
+			return nil
+		}); merr != nil {
+			break
+		}
+		nodeID = next
+	}
 	if err != nil {
 		s.failSandbox(context.WithoutCancel(ctx), sb.ID, "create: "+connectMsg(err))
 		return nodeErr("create sandbox", err)

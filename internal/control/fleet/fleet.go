@@ -244,7 +244,7 @@ func (noNodeError) Is(target error) bool { return target == api.ErrNoNode }
 func (r *Registry) Pick(_ context.Context, p api.Placement) (string, error) {
 	req := placement.Request{
 		BuildID: p.BuildID, Runtime: p.Runtime,
-		VCPUs: int(p.VCPUs), MemoryMB: int64(p.MemoryMB), DiskMB: int64(p.DiskMB),
+		VCPUs: int(p.VCPUs), MemoryMB: int64(p.MemoryMB), DiskMB: int64(p.DiskMB), Avoid: p.Avoid,
 	}
 	r.mu.Lock()
 	snap := r.snap
