@@ -75,11 +75,12 @@ type flight struct{ cancel context.CancelCauseFunc }
 // the resolver (the store says dead: 404).
 const maxDead = 4096
 
-// deadError is why a request to a dead sandbox failed.
-type deadError struct{ id, reason string }
+// DeadError is why a request to a dead sandbox failed; a Resolver returns
+// it for a sandbox it knows dead, and the proxy answers 502 with it.
+type DeadError struct{ ID, Reason string }
 
-func (e *deadError) Error() string {
-	return fmt.Sprintf("sandbox %q is dead: %s", e.id, e.reason)
+func (e *DeadError) Error() string {
+	return fmt.Sprintf("sandbox %q is dead: %s", e.ID, e.Reason)
 }
 
 // Fail ends every request in flight to sandbox id, streams included, and
@@ -87,7 +88,7 @@ func (e *deadError) Error() string {
 // runtime died, and a connection to its address would hang rather than
 // fail (nothing answers there any more, not even with a reset).
 func (p *Proxy) Fail(id, reason string) {
-	err := &deadError{id: id, reason: reason}
+	err := &DeadError{ID: id, Reason: reason}
 	p.mu.Lock()
 	if _, ok := p.dead[id]; !ok {
 		p.deadFIFO = append(p.deadFIFO, id)
@@ -115,7 +116,7 @@ func (p *Proxy) track(ctx context.Context, id string) (context.Context, func(), 
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if reason, ok := p.dead[id]; ok {
-		return nil, nil, &deadError{id: id, reason: reason}
+		return nil, nil, &DeadError{ID: id, Reason: reason}
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	f := &flight{cancel: cancel}
@@ -186,7 +187,7 @@ func New(r Resolver, domain string, log *slog.Logger) *Proxy {
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			closeUnlessRead(r, w.Header())
-			var dead *deadError
+			var dead *DeadError
 			if errors.As(context.Cause(r.Context()), &dead) {
 				writeError(w, http.StatusBadGateway, dead.Error())
 				return
@@ -247,7 +248,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer done()
 	t, err := p.resolver.Resolve(ctx, id)
 	addr := t.Addr
+	var dead *DeadError
 	switch {
+	case errors.As(err, &dead):
+		writeError(w, http.StatusBadGateway, dead.Error())
+		return
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("sandbox %q not found", id))
 		return
