@@ -64,7 +64,11 @@ type ExtractOptions struct {
 // inside dir is followed if it is a symbolic link (not even one the stream
 // itself created), and hard links must point inside dir.
 func Extract(r io.Reader, dir string, opts ExtractOptions) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// dir is the root of a guest's tree: 0755 like any "/" (an image's
+	// layers seldom carry a "./" entry to say so, and a 0700 root kept the
+	// guest's user from running anything). Other host users are kept out
+	// by the 0700 directory a layer lives in.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("extract: %w", err)
 	}
 	root, err := os.OpenRoot(dir)

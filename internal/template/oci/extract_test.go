@@ -280,3 +280,22 @@ func TestCleanName(t *testing.T) {
 		}
 	}
 }
+
+// An image's layers seldom carry a "./" entry: the tree's root and the
+// directories the stream only implies are 0755, or the guest's user could
+// run nothing (a 0700 root made every exec as `user` fail with EACCES).
+func TestExtractRootAndImpliedDirsOpen(t *testing.T) {
+	tree := filepath.Join(t.TempDir(), "rootfs")
+	if err := Extract(tarOf(t, file("usr/bin/tool", "x")), tree, ExtractOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{".", "usr", "usr/bin"} {
+		fi, err := os.Stat(filepath.Join(tree, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := fi.Mode().Perm(), os.FileMode(0o755); got != want {
+			t.Errorf("%s: mode %v, want %v", rel, got, want)
+		}
+	}
+}
