@@ -541,13 +541,13 @@ func (d *Driver) Adopt(ctx context.Context, spec runtime.Spec) (runtime.Instance
 	if err != nil || pid <= 0 {
 		return nil, fmt.Errorf("gvisor: adopt %s: bad pid file %q", spec.ID, b)
 	}
-	if err := checkSandboxProcess(pid, spec.Dir); err != nil {
+	if err := checkSandboxProcess(pid, spec.ID, spec.Dir); err != nil {
 		return nil, fmt.Errorf("gvisor: adopt %s: %w", spec.ID, err)
 	}
 	inst, err := d.attachPID(spec.ID, spec.Dir, pid)
 	if err == nil {
 		// Again, now that the pidfd pins the process.
-		err = checkSandboxProcess(pid, spec.Dir)
+		err = checkSandboxProcess(pid, spec.ID, spec.Dir)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("gvisor: adopt %s: %w", spec.ID, err)
@@ -556,14 +556,19 @@ func (d *Driver) Adopt(ctx context.Context, spec runtime.Spec) (runtime.Instance
 }
 
 // checkSandboxProcess verifies that pid (pinned by a pidfd already) is
-// runsc's sandbox process of the bundle in dir: a pid file can outlive
-// its process, and pids are reused.
-func checkSandboxProcess(pid int, dir string) error {
+// runsc's sandbox process of container id with the bundle in dir: a pid
+// file can outlive its process, pids are reused, and the sandbox process
+// names its bundle and, last, its container.
+func checkSandboxProcess(pid int, id, dir string) error {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return fmt.Errorf("sandbox process %d: %w", pid, err)
 	}
-	for _, a := range strings.Split(string(b), "\x00") {
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if args[len(args)-1] != id {
+		return fmt.Errorf("process %d is not the sandbox of container %s", pid, id)
+	}
+	for _, a := range args {
 		if a == "--bundle="+dir || a == dir {
 			return nil
 		}
