@@ -68,8 +68,13 @@ func nodeAgent(f *fleetFlags, nodeListen, dataDir, token string, o *orchestrator
 		Beat: func(ctx context.Context) (fleet.Heartbeat, error) {
 			hb := fleet.Heartbeat{ID: o.NodeID(), URL: self, Runtimes: o.Runtimes(),
 				VCPUs: vcpus, MemoryMB: memMB, DiskMB: diskMB, Warm: o.WarmSize(), Base: base}
-			// Locality: the builds this node has run hold their artifacts here.
+			// Locality: the node's base build and the builds it has run hold
+			// their artifacts here.
 			builds := map[string]bool{}
+			if base != nil {
+				builds[base.BuildID] = true
+				hb.Templates = append(hb.Templates, base.BuildID)
+			}
 			for _, sb := range o.List(ctx) {
 				hb.Sandboxes++
 				if sb.State == orchestrator.StateRunning {

@@ -81,7 +81,7 @@ describe('fleet', { concurrency: false }, () => {
 
   test('pause on a node, resume there, files kept; the base template starts on every node', async () => {
     const seen = new Set()
-    for (let i = 0; i < 6 && seen.size < 3; i++) {
+    for (let i = 0; i < 12 && seen.size < 3; i++) {
       const sbx = await create()
       seen.add(nodeOf(sbx.sandboxId))
       await sbx.files.write('/home/user/mark', 'kept')
