@@ -16,7 +16,6 @@
 package placement
 
 import (
-	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -219,10 +218,12 @@ func (s *Snapshot) Pick(r Request) (string, error) {
 			return "", &NoNodeError{Nodes: len(s.nodes), Why: why}
 		}
 	}
+	// Candidates come in random order: among equal scores (an idle fleet)
+	// the first drawn wins, so ties spread instead of going to one node.
 	best, bestScore := -1, 0.0
 	for _, i := range cand {
 		sc := s.score(&s.nodes[i], r)
-		if best < 0 || sc > bestScore || (sc == bestScore && cmp.Less(s.nodes[i].ID, s.nodes[best].ID)) {
+		if best < 0 || sc > bestScore {
 			best, bestScore = i, sc
 		}
 	}

@@ -88,8 +88,9 @@ func TestPickBooks(t *testing.T) {
 		count[id]++
 	}
 	for _, n := range nodes {
-		if count[n.ID] != 10 {
-			t.Errorf("placements: got %v, want 10 on each", count)
+		// Best of K draws: the emptiest node may go undrawn now and then.
+		if count[n.ID] < 8 || count[n.ID] > 12 {
+			t.Errorf("placements: got %v, want 10 ± 2 on each", count)
 			break
 		}
 	}
@@ -170,4 +171,26 @@ func BenchmarkPick1000Nodes(b *testing.B) {
 	}
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+}
+
+// TestPickSpreadsTies: on an idle fleet of equal nodes, successive picks
+// on fresh snapshots (each create is booked, then killed) spread over the
+// nodes instead of going to the first by name.
+func TestPickSpreadsTies(t *testing.T) {
+	nodes := []store.Node{mkNode("n1", store.NodeReady, 8000), mkNode("n2", store.NodeReady, 8000), mkNode("n3", store.NodeReady, 8000)}
+	count := map[string]int{}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 60 {
+		id, err := New(nodes, Options{Rand: rng}).Pick(Request{MemoryMB: 512})
+		if err != nil {
+			t.Fatal(err)
+		}
+		count[id]++
+	}
+	for _, n := range nodes {
+		if count[n.ID] < 10 {
+			t.Errorf("60 picks on an idle fleet: got %v, want each node at least 10", count)
+			break
+		}
+	}
 }
