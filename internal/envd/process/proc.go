@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 
 	pb "github.com/cocoon-run/cocoon/api/gen/process"
 )
@@ -287,7 +287,38 @@ func (p *proc) resize(cols, rows uint32) error {
 	if p.tty == nil {
 		return errNoPTY
 	}
-	return pty.Setsize(p.tty, &pty.Winsize{Cols: uint16(cols), Rows: uint16(rows)})
+	// Through SyscallConn, not pty.Setsize: that calls Fd, which puts the
+	// master back in blocking mode (see pollable).
+	rc, err := p.tty.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Col: uint16(cols), Row: uint16(rows)})
+	}); err != nil {
+		return err
+	}
+	return ierr
+}
+
+// pollable returns f's descriptor as a file the runtime poller serves, and
+// closes f. creack/pty hands the PTY master over in blocking mode (it calls
+// Fd), where a read ignores its deadline: the end of a command whose
+// background child keeps the terminal open (`sleep 5 & echo hi`) then
+// waited for that child, whenever the child did not die of SIGHUP with its
+// shell (under nohup, 5 s instead of drainGrace).
+func pollable(f *os.File) (*os.File, error) {
+	defer f.Close()
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup pty master: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("pty master non-blocking: %w", err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
 var (

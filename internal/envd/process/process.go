@@ -477,6 +477,11 @@ func startPTY(p *proc, size *pb.PTY_Size) error {
 	if err != nil {
 		return err
 	}
+	if master, err = pollable(master); err != nil {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+		return err
+	}
 	p.tty = master
 	p.stdin = master
 	p.outs = []*os.File{master}

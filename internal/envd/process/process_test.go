@@ -978,7 +978,9 @@ func TestSlowSubscriberIsDropped(t *testing.T) {
 
 func TestPTYBackgroundChildDoesNotHoldEnd(t *testing.T) {
 	e := defaultEnv(t)
-	req := sh("sleep 5 & echo hi")
+	// The child ignores SIGHUP, as under nohup: it outlives its shell and
+	// keeps the terminal open, and only envd's drain deadline ends the run.
+	req := sh("trap '' HUP; sleep 5 & echo hi")
 	req.Pty = &pb.PTY{Size: &pb.PTY_Size{Cols: 80, Rows: 24}}
 	began := time.Now()
 	r := run(t, e, req)
