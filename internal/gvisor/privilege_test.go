@@ -3,11 +3,9 @@ package gvisor
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -153,33 +151,11 @@ func TestForkBombHitsPidsLimit(t *testing.T) {
 	}
 }
 
-// underBoundingSet is set in the environment of the tests that
-// TestUnderNodeBoundingSet runs again.
-const underBoundingSet = "COCOON_TEST_UNDER_BOUNDING_SET"
-
 // The capability bounding set of deploy/cocoon.service is enough for
 // gVisor sandboxes: unprivileged restore, pause and resume pass under it.
 func TestUnderNodeBoundingSet(t *testing.T) {
 	need(t)
-	if os.Getenv(underBoundingSet) != "" {
-		t.Skip("already under the node's bounding set")
-	}
-	caps, err := nodecaps.FromUnit(filepath.Join("..", "..", nodecaps.Unit))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd, err := nodecaps.Command(caps, os.Args[0], "-test.run", "^(TestPauseResume|TestRuntimeProcessesNotRoot)$", "-test.count=1", "-test.v")
-	if errors.Is(err, exec.ErrNotFound) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Env = append(os.Environ(), underBoundingSet+"=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil || strings.Count(string(out), "--- PASS") != 2 {
-		t.Fatalf("tests under the bounding set %v: %v\n%s", caps, err, out)
-	}
+	nodecaps.RerunTests(t, filepath.Join("..", ".."), "TestPauseResume", "TestRuntimeProcessesNotRoot")
 }
 
 // A template view whose container runsc does not know (a node died between

@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"testing"
 )
 
 // Unit is deploy/cocoon.service relative to the repository root.
@@ -53,4 +55,39 @@ func Command(caps []string, name string, args ...string) (*exec.Cmd, error) {
 		set += ",+" + c
 	}
 	return exec.Command(setpriv, append([]string{"--bounding-set", set, "--", name}, args...)...), nil
+}
+
+// rerunEnv marks a test binary that RerunTests started under the set.
+const rerunEnv = "COCOON_TEST_UNDER_BOUNDING_SET"
+
+// RerunTests runs the named tests of the calling test binary again under
+// the bounding set of the unit at repo-relative Unit (root is the path to
+// the repository root from the package's directory) and fails t unless
+// each of them passes. Inside that run it skips t instead.
+func RerunTests(t testing.TB, root string, tests ...string) {
+	t.Helper()
+	if os.Getenv(rerunEnv) != "" {
+		t.Skip("already under the node's bounding set")
+	}
+	caps, err := FromUnit(filepath.Join(root, Unit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := Command(caps, os.Args[0], "-test.run", "^("+strings.Join(tests, "|")+")$", "-test.count=1", "-test.v")
+	if errors.Is(err, exec.ErrNotFound) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), rerunEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tests under the bounding set %v: %v\n%s", caps, err, out)
+	}
+	for _, name := range tests {
+		if !strings.Contains(string(out), "--- PASS: "+name+" ") {
+			t.Fatalf("%s did not pass under the bounding set %v:\n%s", name, caps, out)
+		}
+	}
 }
