@@ -69,5 +69,8 @@ if [ -f tests/e2e/server.test.mjs ]; then
 	step "cocoon server end to end with the official e2b SDK"
 	./scripts/e2e-server.sh
 fi
+step "a fleet on one machine with the official e2b SDK (PostgreSQL, api, two proxies, three nodes)"
+./scripts/cluster-test.sh
+
 echo
 echo "all test suites passed"
