@@ -62,7 +62,7 @@ func TestLimitInFlight(t *testing.T) {
 	// The handlers return just after the client has read the end.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		lp.mu.Lock()
-		n := lp.n["sbx1"]
+		n := len(lp.inflight["sbx1"])
 		lp.mu.Unlock()
 		if n == 0 {
 			break

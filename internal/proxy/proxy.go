@@ -62,6 +62,10 @@ type Proxy struct {
 	log      *slog.Logger
 	rp       *httputil.ReverseProxy
 
+	// maxInFlight caps each sandbox's requests in flight (0: no cap; see
+	// Limit).
+	maxInFlight int
+
 	mu       sync.Mutex
 	inflight map[string]map[*flight]struct{} // by sandbox ID
 	dead     map[string]string               // sandbox ID -> reason (see Fail)
@@ -109,14 +113,28 @@ func (p *Proxy) Fail(id, reason string) {
 	}
 }
 
+// errTooMany refuses a request beyond a sandbox's cap (see Limit).
+type errTooMany struct {
+	id  string
+	max int
+}
+
+func (e *errTooMany) Error() string {
+	return fmt.Sprintf("sandbox %q has %d requests in flight, the most one sandbox may have", e.id, e.max)
+}
+
 // track registers a request to sandbox id; it returns the request's
 // context, cancelled by Fail, and the function that ends the tracking.
-// A sandbox already known dead gives its error instead.
+// A sandbox already known dead gives its error instead, and one with
+// maxInFlight requests in flight an *errTooMany.
 func (p *Proxy) track(ctx context.Context, id string) (context.Context, func(), error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if reason, ok := p.dead[id]; ok {
 		return nil, nil, &DeadError{ID: id, Reason: reason}
+	}
+	if p.maxInFlight > 0 && len(p.inflight[id]) >= p.maxInFlight {
+		return nil, nil, &errTooMany{id: id, max: p.maxInFlight}
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	f := &flight{cancel: cancel}
@@ -241,7 +259,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, done, err := p.track(r.Context(), id)
-	if err != nil {
+	var tooMany *errTooMany
+	switch {
+	case errors.As(err, &tooMany):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, err.Error())
+		return
+	case err != nil:
 		writeError(w, http.StatusBadGateway, err.Error())
 		return
 	}
@@ -270,12 +294,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key := net.JoinHostPort(fmt.Sprintf("%s.%d.%s", strings.ToLower(id), t.Epoch,
 		strings.NewReplacer(".", "-", ":", "-").Replace(addr)), strconv.Itoa(port))
 	tgt := target{id: id, port: port, host: host, key: key}
-	out := r.WithContext(ctx)
 	if r.ProtoMajor == 1 && r.Body != nil && r.Body != http.NoBody {
 		tgt.body = &requestBody{ReadCloser: r.Body}
+	}
+	out := r.WithContext(context.WithValue(ctx, targetKey{}, tgt))
+	if tgt.body != nil {
 		out.Body = tgt.body
 	}
-	out = out.WithContext(context.WithValue(ctx, targetKey{}, tgt))
 	// The sandbox may answer (a Connect stream starts) before the transport
 	// has finished with the request body; an HTTP/1 server closes the inbound
 	// body when the response starts, the transport's last read of it fails
