@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/cocoon-run/cocoon/api/gen/process"
 	"github.com/cocoon-run/cocoon/api/gen/process/processconnect"
+	"github.com/cocoon-run/cocoon/internal/envd/identity"
 )
 
 const envdPort = 49983
@@ -139,7 +139,7 @@ func envdHeaders(h http.Header, sb Sandbox, user string) {
 		h.Set("X-Access-Token", sb.AccessToken)
 	}
 	if user != "" {
-		h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
+		identity.SetBasicAuth(h, user)
 	}
 }
 

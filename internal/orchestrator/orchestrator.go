@@ -554,7 +554,7 @@ func (o *Orchestrator) Pause(ctx context.Context, id string) (Sandbox, error) {
 	}
 	// Detach first so that watch() does not report the exit as a death.
 	e.sb.State = StatePaused
-	if err := inst.Pause(ctx, filepath.Join(snap, "state")); err != nil {
+	if err := inst.Pause(ctx, e.sb.Snapshot); err != nil {
 		e.sb.State = StateRunning
 		e.sb.Pausing, e.sb.Snapshot = false, ""
 		_ = os.RemoveAll(snap)

@@ -3,7 +3,6 @@ package runtime
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/cocoon-run/cocoon/api/gen/process"
 	"github.com/cocoon-run/cocoon/api/gen/process/processconnect"
+	"github.com/cocoon-run/cocoon/internal/envd/identity"
 	"github.com/cocoon-run/cocoon/internal/envd/initreq"
 )
 
@@ -50,7 +50,7 @@ func WarmExec(ctx context.Context, c *http.Client, base string) error {
 		Process: &process.ProcessConfig{Cmd: "/bin/bash", Args: []string{"-l", "-c", "true"}},
 		Stdin:   &stdin,
 	})
-	req.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(WarmExecUser+":")))
+	identity.SetBasicAuth(req.Header(), WarmExecUser)
 	stream, err := pc.Start(ctx, req)
 	if err != nil {
 		return fmt.Errorf("warm-up exec: %w", err)

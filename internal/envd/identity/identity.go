@@ -62,6 +62,12 @@ func Default(def string) (*User, error) {
 	return Current()
 }
 
+// SetBasicAuth makes h name user as the account a request acts as, the
+// way the SDK does: `Authorization: Basic base64("<user>:")`.
+func SetBasicAuth(h http.Header, user string) {
+	h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
+}
+
 // FromBasicAuth extracts the user name of an `Authorization: Basic
 // base64("<user>:")` header; ok is false when there is none.
 func FromBasicAuth(h http.Header) (name string, ok bool, err error) {

@@ -3,7 +3,6 @@ package steps
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 
 	processpb "github.com/cocoon-run/cocoon/api/gen/process"
 	"github.com/cocoon-run/cocoon/api/gen/process/processconnect"
+	"github.com/cocoon-run/cocoon/internal/envd/identity"
 	"github.com/cocoon-run/cocoon/internal/envd/initreq"
 )
 
@@ -41,7 +41,7 @@ func (e *Envd) header(h http.Header, user string) {
 		h.Set("X-Access-Token", e.Token)
 	}
 	if user != "" {
-		h.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
+		identity.SetBasicAuth(h, user)
 	}
 }
 
