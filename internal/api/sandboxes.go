@@ -289,8 +289,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	nodeID, err := s.nodes.Pick(ctx, Placement{TemplateID: tpl.ID, BuildID: build.ID,
-		VCPUs: uint32(tpl.CPUCount), MemoryMB: uint32(tpl.MemoryMB), DiskMB: uint32(tpl.DiskMB)})
+	place := Placement{TemplateID: tpl.ID, BuildID: build.ID,
+		VCPUs: uint32(tpl.CPUCount), MemoryMB: uint32(tpl.MemoryMB), DiskMB: uint32(tpl.DiskMB)}
+	nodeID, err := s.nodes.Pick(ctx, place)
 	if err != nil {
 		return errorf(http.StatusServiceUnavailable, "no node can take the sandbox: "+err.Error())
 	}
@@ -343,7 +344,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	nctx, cancel := s.nodeCtx(ctx)
 	defer cancel()
 	var resp *connect.Response[orchestratorv1.CreateResponse]
-	for avoid := []string(nil); ; {
+	for {
 		client, cerr := s.nodes.Client(nodeID)
 		if cerr != nil {
 			s.failSandbox(ctx, sb.ID, "node: "+cerr.Error())
@@ -361,12 +362,11 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 		// A node that refused the connection never saw the request (it
 		// died, and the fleet has not marked it lost yet): place again,
 		// elsewhere, at most twice.
-		if err == nil || len(avoid) == 2 || !errors.Is(err, syscall.ECONNREFUSED) {
+		if err == nil || len(place.Avoid) == 2 || !errors.Is(err, syscall.ECONNREFUSED) {
 			break
 		}
-		avoid = append(avoid, nodeID)
-		next, perr := s.nodes.Pick(ctx, Placement{TemplateID: tpl.ID, BuildID: build.ID, Avoid: avoid,
-			VCPUs: uint32(tpl.CPUCount), MemoryMB: uint32(tpl.MemoryMB), DiskMB: uint32(tpl.DiskMB)})
+		place.Avoid = append(place.Avoid, nodeID)
+		next, perr := s.nodes.Pick(ctx, place)
 		if perr != nil {
 			break
 		}
