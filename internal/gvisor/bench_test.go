@@ -95,7 +95,7 @@ func BenchmarkPythonLoop(b *testing.B) {
 	var execWall []time.Duration
 	for b.Loop() {
 		start := time.Now()
-		ms := run(append([]string{d.cfg.Runsc}, append(d.globalArgs(""), "exec", spec.ID, "python3", "-c", prog)...)...)
+		ms := run(append([]string{d.cfg.Runsc}, append(d.commandArgs(), "exec", spec.ID, "python3", "-c", prog)...)...)
 		execWall = append(execWall, time.Since(start))
 		inside = append(inside, time.Duration(ms*float64(time.Millisecond)))
 		onHost = append(onHost, time.Duration(run(host, "-c", prog)*float64(time.Millisecond)))

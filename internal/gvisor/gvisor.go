@@ -233,15 +233,15 @@ func (d *Driver) Name() string { return Name }
 func (d *Driver) Platform() string { return d.cfg.Platform }
 
 // globalArgs are the flags given to every runsc invocation. A restore must
-// use the same platform and overlay as the checkpoint it loads.
-func (d *Driver) globalArgs(debugDir string) []string {
+// use the same platform and overlay medium as the checkpoint it loads;
+// overlay is the --overlay2 of the sandbox a run or restore starts (see
+// start), and commands that start none take d.overlayFlag(StateDir, 0).
+func (d *Driver) globalArgs(debugDir, overlay string) []string {
 	args := []string{
 		"--root", d.cfg.StateDir,
 		"--platform", d.cfg.Platform,
 		"--network", "sandbox",
-		// A restore must name the same medium as its checkpoint; commands
-		// other than run and restore do not use it (see start).
-		"--overlay2", d.overlayFlag(d.cfg.StateDir, 0),
+		"--overlay2", overlay,
 		// Honour setuid/setgid bits (sudo, su): runsc ignores them by
 		// default. The sandbox is the isolation boundary; inside it the
 		// base image promises `user` passwordless sudo. The setting is
@@ -258,9 +258,15 @@ func (d *Driver) globalArgs(debugDir string) []string {
 	return args
 }
 
+// commandArgs are the global flags of a runsc command that starts no
+// sandbox.
+func (d *Driver) commandArgs() []string {
+	return d.globalArgs("", d.overlayFlag(d.cfg.StateDir, 0))
+}
+
 // runsc runs a short runsc command and returns its combined output.
 func (d *Driver) runsc(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, d.cfg.Runsc, append(d.globalArgs(""), args...)...)
+	cmd := exec.CommandContext(ctx, d.cfg.Runsc, append(d.commandArgs(), args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("runsc %s: %w: %s", args[0], err, lastLines(out, 5))
@@ -304,12 +310,8 @@ func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network
 	if d.cfg.DebugLog {
 		debugDir = filepath.Join(dir, "debug")
 	}
-	args := d.globalArgs(debugDir)
-	for i := range args {
-		if i > 0 && args[i-1] == "--overlay2" {
-			args[i] = d.overlayFlag(dir, diskMB)
-		}
-	}
+	args := d.globalArgs(debugDir, d.overlayFlag(dir, diskMB))
+	verb := len(args)
 	pidFile := filepath.Join(dir, pidFileName)
 	os.Remove(pidFile)
 	if image == "" {
@@ -323,7 +325,7 @@ func (d *Driver) start(ctx context.Context, id, dir, image string, slot *network
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Run(); err != nil {
 		tail, _ := os.ReadFile(logPath)
-		return fmt.Errorf("runsc %s: %w: %s", args[len(d.globalArgs(debugDir))], err, lastLines(tail, 5))
+		return fmt.Errorf("runsc %s: %w: %s", args[verb], err, lastLines(tail, 5))
 	}
 	return nil
 }

@@ -42,7 +42,7 @@ func (d *Driver) checkpoint(ctx context.Context, id, dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, checkpointGo), nil, 0o644); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
-	args := append([]string{"-c", checkpointScript, d.cfg.Runsc}, d.globalArgs("")...)
+	args := append([]string{"-c", checkpointScript, d.cfg.Runsc}, d.commandArgs()...)
 	args = append(args, "checkpoint", "--image-path", checkpointDir(dir), id)
 	cmd := exec.Command("/bin/sh", args...)
 	cmd.Env = append(os.Environ(), "COCOON_CKPT_LOG="+logPath, "COCOON_CKPT_DONE="+done,
