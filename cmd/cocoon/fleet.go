@@ -66,27 +66,16 @@ func nodeAgent(f *fleetFlags, nodeListen, dataDir, token string, o *orchestrator
 	return fleet.NewAgent(fleet.AgentConfig{
 		ControlURL: f.controlURL, NodeToken: token,
 		Beat: func(ctx context.Context) (fleet.Heartbeat, error) {
+			load := o.Load(ctx)
 			hb := fleet.Heartbeat{ID: o.NodeID(), URL: self, Runtimes: o.Runtimes(),
-				VCPUs: vcpus, MemoryMB: memMB, DiskMB: diskMB, Warm: o.WarmSize(), Base: base}
-			// Locality: the node's base build and the builds it has run hold
-			// their artifacts here.
-			builds := map[string]bool{}
-			if base != nil {
-				builds[base.BuildID] = true
+				VCPUs: vcpus, MemoryMB: memMB, DiskMB: diskMB, Warm: o.WarmSize(), Base: base,
+				Sandboxes: load.Sandboxes, UsedVCPUs: load.UsedVCPUs, UsedMemoryMB: load.UsedMemoryMB,
+				Templates: load.Builds}
+			// The base build's artifacts are here too.
+			if base != nil && !slices.Contains(hb.Templates, base.BuildID) {
 				hb.Templates = append(hb.Templates, base.BuildID)
+				slices.Sort(hb.Templates)
 			}
-			for _, sb := range o.List(ctx) {
-				hb.Sandboxes++
-				if sb.State == orchestrator.StateRunning {
-					hb.UsedVCPUs += sb.VCPUs
-					hb.UsedMemoryMB += int64(sb.MemoryMB)
-				}
-				if sb.BuildID != "" && !builds[sb.BuildID] {
-					builds[sb.BuildID] = true
-					hb.Templates = append(hb.Templates, sb.BuildID)
-				}
-			}
-			slices.Sort(hb.Templates)
 			return hb, nil
 		},
 	}), nil
