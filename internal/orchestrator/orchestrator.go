@@ -438,7 +438,7 @@ func (o *Orchestrator) watch(id string, e *entry, inst runtime.Instance) {
 	if e.inst != inst || e.sb.State != StateRunning {
 		return // paused or killed on purpose
 	}
-	reason := "runtime exited"
+	reason := runtime.ReasonExited
 	if r, ok := inst.(runtime.ExitReasoner); ok {
 		if why := r.ExitReason(); why != "" {
 			reason = why

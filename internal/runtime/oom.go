@@ -12,6 +12,10 @@ import (
 // ReasonOOM is the exit reason of a sandbox whose cgroup counted an OOM kill.
 const ReasonOOM = "out of memory"
 
+// ReasonExited is the exit reason of a sandbox whose runtime exited for no
+// reason it could tell.
+const ReasonExited = "runtime exited"
+
 // OOMKills returns how many processes the kernel's OOM killer killed in the
 // memory cgroup rel (a path like "/cocoon-gvisor/<id>"): the oom_kill
 // counter of memory.events (cgroup v2) or memory.oom_control (v1). It
