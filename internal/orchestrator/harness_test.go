@@ -117,9 +117,10 @@ func setup(tb testing.TB) (*env, error) {
 		e.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	// Two runs of this suite at once (another engineer's `go test ./...`)
-	// would reconcile away each other's sandboxes: they share the node dir
-	// and the network prefix. The second waits for the first.
-	if err := lockSuite(ctx, filepath.Join(e.dataDir, "otest")); err != nil {
+	// would reconcile away each other's sandboxes: they share the network
+	// prefix, which is host-wide whatever their data dirs, so the lock is
+	// keyed by the prefix, not by the data dir. The second waits for the first.
+	if err := lockSuite(ctx, filepath.Join("/run/lock", "cocoon-"+netPrefix)); err != nil {
 		return nil, err
 	}
 	var err error
