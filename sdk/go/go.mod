@@ -1,0 +1,3 @@
+module github.com/cocoon-run/cocoon/sdk/go
+
+go 1.22
