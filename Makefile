@@ -7,17 +7,22 @@ BIN := bin
 DATA_DIR ?= /var/lib/cocoon
 GOFLAGS_STATIC := CGO_ENABLED=0
 
-.PHONY: all build envd cocoon test-registry setup run test test-go test-e2e cluster-test generate vet bench clean
+.PHONY: all build envd cocoon test-registry code-interpreter setup run test test-go test-e2e cluster-test generate vet bench clean
 
 all: build
 
-build: envd cocoon test-registry
+build: envd cocoon test-registry code-interpreter
 
 envd:
 	$(GOFLAGS_STATIC) go build -trimpath -ldflags='-s -w' -o $(BIN)/envd ./cmd/envd
 
 cocoon:
 	go build -trimpath -o $(BIN)/cocoon ./cmd/cocoon
+
+# code-interpreter is the server on port 49999 baked into code-interpreter-v1
+# (`cocoon template build code-interpreter`).
+code-interpreter:
+	$(GOFLAGS_STATIC) go build -trimpath -ldflags='-s -w' -o $(BIN)/code-interpreter ./cmd/code-interpreter
 
 # test-registry serves an image of the base rootfs to the end-to-end tests (tests/registry).
 test-registry:

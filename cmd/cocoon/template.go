@@ -30,9 +30,10 @@ func newTemplateBuildCmd(g *globalFlags) *cobra.Command {
 		runtimes []string
 		nf       nodeFlags
 		cf       customFlags
+		ciBinary string
 	)
 	cmd := &cobra.Command{
-		Use:   "build base | build -f Dockerfile --name NAME | build --image REF --name NAME",
+		Use:   "build base | build code-interpreter | build -f Dockerfile --name NAME | build --image REF --name NAME",
 		Short: "Build the default template 'base' (Debian kernel, initramfs, debootstrapped rootfs with envd)",
 		Long: `Build the default template 'base': Debian's cloud kernel, an initramfs,
 and a Debian root filesystem (debootstrap from the host's apt mirror) with envd,
@@ -44,15 +45,24 @@ With -f Dockerfile (or --image REF) it builds a custom template on a running
 server instead, as the E2B SDK's Template builder does: the Dockerfile becomes
 build steps (FROM a template or an image, RUN, COPY, ENV, WORKDIR, USER, ARG,
 CMD/ENTRYPOINT as the start command, HEALTHCHECK as the ready command), COPY
-sources are uploaded from the build context, and the build's log is streamed.`,
+sources are uploaded from the build context, and the build's log is streamed.
+
+"build code-interpreter" builds the code interpreter's templates on a running
+server the same way: code-interpreter-deps (Debian's Python data stack on
+base) and code-interpreter-v1 (the SDK's default template: the server on port
+49999, snapshotted with a warm Python kernel), from internal/template/codeinterp,
+with the code-interpreter binary beside cocoon (or --code-interpreter PATH).`,
 		Args:      cobra.MaximumNArgs(1),
-		ValidArgs: []string{base.Name},
+		ValidArgs: []string{base.Name, codeInterpreterArg},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cf.remote() {
 				if len(args) > 0 {
 					return fmt.Errorf("-f/--image builds take no argument (the name is --name)")
 				}
 				return runCustomBuild(cmd.Context(), &cf, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
+			if len(args) == 1 && args[0] == codeInterpreterArg {
+				return runCodeInterpreterBuild(cmd.Context(), &cf, ciBinary, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
 			if len(args) != 1 || args[0] != base.Name {
 				if len(args) == 0 {
@@ -125,6 +135,7 @@ sources are uploaded from the build context, and the build's log is streamed.`,
 	f.StringVar(&cf.username, "registry-user", "", "user name for a private image registry")
 	f.StringVar(&cf.password, "registry-password", os.Getenv("COCOON_REGISTRY_PASSWORD"), "password for a private image registry (COCOON_REGISTRY_PASSWORD)")
 	f.BoolVar(&cf.force, "force", false, "rebuild every step, ignoring the cache")
+	f.StringVar(&ciBinary, "code-interpreter", "", "code-interpreter server binary for `build code-interpreter` (default: beside the cocoon binary)")
 	return cmd
 }
 
