@@ -539,3 +539,26 @@ func (s *sqlStore) ListExpired(ctx context.Context, now time.Time) ([]Sandbox, e
 	}
 	return out, nil
 }
+
+func (s *sqlStore) CountSandboxes(ctx context.Context) (map[SandboxState]int, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT state, COUNT(*) FROM sandboxes GROUP BY state")
+	if err != nil {
+		return nil, fmt.Errorf("count sandboxes: %w", err)
+	}
+	defer rows.Close()
+	out := map[SandboxState]int{}
+	for rows.Next() {
+		var (
+			st string
+			n  int
+		)
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("count sandboxes: %w", err)
+		}
+		out[SandboxState(st)] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count sandboxes: %w", err)
+	}
+	return out, nil
+}

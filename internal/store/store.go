@@ -79,6 +79,9 @@ type Store interface {
 	// ListExpired returns running sandboxes whose EndAt is at or before now,
 	// for the lifecycle loop to kill or pause according to OnTimeout.
 	ListExpired(ctx context.Context, now time.Time) ([]Sandbox, error)
+	// CountSandboxes counts the sandboxes of every team by state, killed
+	// tombstones included (for the cocoon_sandboxes gauge).
+	CountSandboxes(ctx context.Context) (map[SandboxState]int, error)
 
 	// Templates. A template is visible to its team, and to everyone if Public.
 	// Aliases are globally unique; CreateTemplate returns ErrConflict if an ID
