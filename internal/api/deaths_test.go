@@ -94,8 +94,10 @@ func TestDeathReportedByNode(t *testing.T) {
 // TestRestartSettlesTransitions: operations an api process left half-way
 // when it died are settled by the next one at its start, from the node's
 // view (a pause the node finished, a pause it rolled back, a create it
-// never finished, a resume it never finished), before it serves a
-// request; not NodeTimeout later.
+// never finished, a resume it never finished, a create and a resume it
+// finished), before it serves a request; not NodeTimeout later. A sandbox
+// settled running is routed to the address the node reports (a create cut
+// short had none: the proxy failed it while the list said running).
 func TestRestartSettlesTransitions(t *testing.T) {
 	e := newEnv(t, Config{LifecycleInterval: time.Hour, ReconcileInterval: time.Hour})
 	ctx := context.Background()
@@ -103,6 +105,8 @@ func TestRestartSettlesTransitions(t *testing.T) {
 	rolledBack := e.create(e.keyA, nil)
 	lost := e.create(e.keyA, nil)
 	resuming := e.create(e.keyA, nil)
+	created := e.create(e.keyA, nil)
+	resumed := e.create(e.keyA, nil)
 	set := func(id string, to store.SandboxState) {
 		t.Helper()
 		if _, err := e.store.SetSandboxState(ctx, id, []store.SandboxState{store.StateRunning}, to, ""); err != nil {
@@ -116,6 +120,24 @@ func TestRestartSettlesTransitions(t *testing.T) {
 	e.node.drop(lost.SandboxID)
 	set(resuming.SandboxID, store.StateResuming) // the node never finished it
 	e.node.put(&orchestratorv1.Sandbox{SandboxId: resuming.SandboxID, State: orchestratorv1.State_STATE_PAUSED, Snapshot: "/snapshots/y/state"})
+	// The node finished a create whose row was not updated yet (no
+	// address), and a resume into a new slot (the row has the old one).
+	unfinished := func(id string, to store.SandboxState, addr string) {
+		t.Helper()
+		if _, err := store.Modify(ctx, e.store, id, func(c *store.Sandbox) error {
+			c.State, c.NodeData = to, nodeData(&orchestratorv1.Sandbox{Address: addr})
+			if to == store.StateResuming {
+				c.EndAt = time.Now().Add(-time.Minute) // its deadline passed while paused
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unfinished(created.SandboxID, store.StateCreating, "")
+	e.node.put(&orchestratorv1.Sandbox{SandboxId: created.SandboxID, State: orchestratorv1.State_STATE_RUNNING, Runtime: "gvisor", Address: "10.9.0.2"})
+	unfinished(resumed.SandboxID, store.StateResuming, "10.9.0.3")
+	e.node.put(&orchestratorv1.Sandbox{SandboxId: resumed.SandboxID, State: orchestratorv1.State_STATE_RUNNING, Runtime: "gvisor", Address: "10.9.0.4"})
 
 	// A new api process over the same store, after the crash.
 	e.start(Config{LifecycleInterval: time.Hour, ReconcileInterval: time.Hour})
@@ -129,10 +151,20 @@ func TestRestartSettlesTransitions(t *testing.T) {
 		{rolledBack.SandboxID, store.StateRunning, ""},
 		{lost.SandboxID, store.StateDead, ""},
 		{resuming.SandboxID, store.StatePaused, "/snapshots/y/state"},
+		{created.SandboxID, store.StateRunning, ""},
+		{resumed.SandboxID, store.StateRunning, ""},
 	} {
 		got, err := e.store.GetSandbox(ctx, tc.id)
 		if err != nil || got.State != tc.want || got.SnapshotURI != tc.snapshot {
 			t.Errorf("%s: got %q snapshot %q (%v), want %q snapshot %q", tc.id, got.State, got.SnapshotURI, err, tc.want, tc.snapshot)
 		}
+	}
+	for id, want := range map[string]string{created.SandboxID: "10.9.0.2", resumed.SandboxID: "10.9.0.4"} {
+		if rt, err := e.srv.Resolve(ctx, id); err != nil || rt.Addr != want {
+			t.Errorf("%s settled running: routed to %q (%v), want the node's address %s", id, rt.Addr, err, want)
+		}
+	}
+	if sb, err := e.store.GetSandbox(ctx, resumed.SandboxID); err != nil || !sb.EndAt.After(time.Now()) {
+		t.Errorf("the settled resume's deadline %v (%v) has passed: it would expire at once", sb.EndAt, err)
 	}
 }

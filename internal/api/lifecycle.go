@@ -222,7 +222,30 @@ func (s *Server) settle(ctx context.Context, sb store.Sandbox, n *orchestratorv1
 	case alive && sb.State == store.StateRunning:
 		return nil
 	case alive: // creating/resuming finished, or a pause never happened
-		_, err = s.store.SetSandboxState(ctx, sb.ID, from, store.StateRunning, "")
+		// Where it runs comes from the node: a create the crash cut short
+		// had not recorded an address yet (the proxy then failed every
+		// request to a sandbox listed running: the e2e kill -9 during
+		// creates), and a resume's is its new slot's, not the old one.
+		_, err = store.Modify(ctx, s.store, sb.ID, func(c *store.Sandbox) error {
+			if c.State != sb.State {
+				return store.ErrConflict
+			}
+			if sb.State == store.StateResuming {
+				// Its deadline is the one the resume would have set.
+				c.StartedAt = s.now()
+				if end := c.StartedAt.Add(s.cfg.DefaultTimeout); end.After(c.EndAt) {
+					c.EndAt = end
+				}
+			}
+			c.State, c.StateReason = store.StateRunning, ""
+			if n.GetRuntime() != "" {
+				c.Runtime = n.GetRuntime()
+			}
+			if n.GetAddress() != "" {
+				c.NodeData = nodeData(n)
+			}
+			return nil
+		})
 	case n != nil && n.GetState() == orchestratorv1.State_STATE_PAUSED && (sb.State == store.StatePausing || sb.State == store.StateResuming):
 		// A pause that finished, or a resume that never did.
 		_, err = store.Modify(ctx, s.store, sb.ID, func(c *store.Sandbox) error {

@@ -496,6 +496,8 @@ describe('crash consistency (kill -9)', { skip: !(cfg.serverArgs && cfg.pidFile 
       assert.equal(sb.state, 'running', `${sb.sandboxId} is listed ${sb.state}`)
       const s = await Sandbox.connect(sb.sandboxId)
       const r = await s.commands.run('echo alive', { requestTimeoutMs: 15_000, timeoutMs: 15_000 }).catch((err) => err)
+      // The error itself, on a line of its own (an assertion's diff hides its message in CI's excerpt).
+      if (r?.stdout !== 'alive\n') console.log(`# ${sb.sandboxId} is listed running but echo alive got: ${r instanceof Error ? `${r.name}: ${r.message}` : JSON.stringify(r)}`)
       assert.equal(r?.stdout, 'alive\n', `${sb.sandboxId} is listed running but does not answer: ${r}`)
     }
     console.log(`# ${listed.length} of 8 creates survived the crash, all of them answer`)
