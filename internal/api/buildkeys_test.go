@@ -2,8 +2,10 @@ package api
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -96,5 +98,35 @@ func TestBuildCacheNoCrossTeamHit(t *testing.T) {
 	stA3, dirA3 := build(e.keyA, "app-3", "team A's file")
 	if !cached(stA3) || dirA3 != dirA {
 		t.Errorf("team A's rebuild: cached %v, dir %s; want a hit on %s", cached(stA3), dirA3, dirA)
+	}
+}
+
+// TestUploadNotReplaced: a COPY archive, once stored, is not replaced by a
+// second PUT under the same hash (a build reads the file after keying its
+// step by the file's digest; a swap in between would put other content
+// under that key).
+func TestUploadNotReplaced(t *testing.T) {
+	e := newEnv(t, Config{TemplateFilesDir: filepath.Join(t.TempDir(), "uploads")})
+	r := e.do(e.keyA, "POST", "/v3/templates", map[string]any{"name": "immutable"})
+	var tr templateRequestReply
+	r.decode(t, &tr)
+	const hash = "4444444444444444444444444444444444444444444444444444444444444444"
+	var link struct {
+		URL string `json:"url"`
+	}
+	e.do(e.keyA, "GET", "/templates/"+tr.TemplateID+"/files/"+hash, nil).decode(t, &link)
+	for _, body := range []string{"first", "second"} {
+		data := tarGz(t, tarEntry{name: "f", typ: tar.TypeReg, body: body})
+		if r := put(t, link.URL, data, false); r.status != http.StatusNoContent {
+			t.Fatalf("upload %s: %d %s", body, r.status, r.body)
+		}
+	}
+	f, err := e.store.GetTemplateFile(context.Background(), tr.TemplateID, hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := tarGz(t, tarEntry{name: "f", typ: tar.TypeReg, body: "first"})
+	if got, err := os.ReadFile(f.Path); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("stored archive: %d bytes (%v), want the first upload's %d", len(got), err, len(want))
 	}
 }

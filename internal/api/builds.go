@@ -243,7 +243,11 @@ func (s *Server) uploadTemplateFile(w http.ResponseWriter, r *http.Request) erro
 	if err := checkArchiveFile(tmp.Name(), 4*s.cfg.MaxUploadBytes); err != nil {
 		return errorf(http.StatusBadRequest, "refused archive: "+err.Error())
 	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
+	// A stored archive is never replaced: a build keys its COPY step by the
+	// digest of the file when it starts (keySpec) and reads the same path
+	// later, so a second PUT in between would give the layer other content
+	// than its key names. The first upload stands (it was checked).
+	if err := os.Link(tmp.Name(), dst); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("upload: %w", err)
 	}
 	err = s.store.PutTemplateFile(r.Context(), store.TemplateFile{TemplateID: tid, SHA256: hash, Path: dst, Uploaded: true, CreatedAt: s.now()})
