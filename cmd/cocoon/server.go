@@ -23,6 +23,7 @@ import (
 	"github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1/orchestratorv1connect"
 	"github.com/cocoon-run/cocoon/internal/api"
 	"github.com/cocoon-run/cocoon/internal/control/fleet"
+	"github.com/cocoon-run/cocoon/internal/metrics"
 	"github.com/cocoon-run/cocoon/internal/nodeauth"
 	"github.com/cocoon-run/cocoon/internal/orchestrator"
 	"github.com/cocoon-run/cocoon/internal/proxy"
@@ -41,6 +42,7 @@ type serverFlags struct {
 	nodeID      string
 	prewarm     int
 	debug       bool
+	metricsAddr string
 	node        nodeFlags
 	tls         tlsFlags
 	fleet       fleetFlags
@@ -54,10 +56,12 @@ func (f *serverFlags) registerAPI(cmd *cobra.Command) {
 	if cmd.Flags().Lookup("tls-cert") == nil {
 		f.tls.register(cmd)
 	}
+	f.registerMetrics(cmd)
 }
 
 func (f *serverFlags) registerProxy(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.proxyListen, "proxy-listen", envOr("COCOON_PROXY_LISTEN", "127.0.0.1:3001"), "address of the sandbox proxy (E2B_SANDBOX_URL)")
+	f.registerMetrics(cmd)
 	if cmd.Flags().Lookup("tls-cert") == nil {
 		f.tls.register(cmd)
 	}
@@ -68,6 +72,7 @@ func (f *serverFlags) registerNode(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.nodeID, "node-id", envOr("COCOON_NODE_ID", host), "name of this node")
 	fl.IntVar(&f.prewarm, "prewarm", 4, "network slots kept ready for creates")
+	f.registerMetrics(cmd)
 	f.node.register(cmd)
 }
 
@@ -182,6 +187,8 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		})
 	}
 
+	// One registry per process; each part registers its collectors.
+	reg := f.metricsRegistry()
 	var tmplRuntimes []string
 	if withNode {
 		tdir, err := currentTemplate(dataDir, base.Name)
@@ -217,13 +224,16 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 				log.Warn("close network slots", "err", err)
 			}
 		}()
+		var orch *orchestrator.Orchestrator
 		o, err := orchestrator.New(ctx, orchestrator.Config{
 			NodeID: f.nodeID, DataDir: dataDir, Runtimes: n.runtimes, Default: n.def,
 			Slots: n.slots, Logger: log, Accel: n.accel, Reason: n.reason,
+			Metrics: nodeMetrics(reg, dataDir, &orch),
 		})
 		if err != nil {
 			return err
 		}
+		orch = o
 		// Prespawned processes of the warm pool die with the server.
 		defer o.Close()
 		if err := o.Warm(n.def, tdir); err != nil {
@@ -286,6 +296,8 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 			return err
 		}
 		defer st.Close()
+		var am *metrics.API
+		am, st = apiMetrics(reg, st)
 		adminToken := os.Getenv("COCOON_ADMIN_TOKEN")
 		if adminToken == "" {
 			var created bool
@@ -352,7 +364,7 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 			}
 			nodes = api.NewStaticNodes(map[string]orchestratorv1connect.OrchestratorServiceClient{nodeID: client})
 		}
-		apiSrv, err = api.New(api.Config{Domain: f.domain, AdminToken: adminToken, TemplateFilesDir: filepath.Join(dataDir, "template-files")}, st,
+		apiSrv, err = api.New(api.Config{Domain: f.domain, AdminToken: adminToken, TemplateFilesDir: filepath.Join(dataDir, "template-files"), Metrics: am}, st,
 			nodes, log)
 		if err != nil {
 			return err
@@ -386,10 +398,26 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		if err != nil {
 			return fmt.Errorf("proxy listener: %w", err)
 		}
-		px = proxy.New(resolver{apiSrv}, f.domain, log)
+		pm := proxyMetrics(reg)
+		px = proxy.New(resolver{apiSrv}, f.domain, log).Observe(pm)
 		// A sandbox found dead fails its proxied requests at once.
 		apiSrv.OnDeath(px.Fail)
-		serve("proxy", ln, px.Limit(proxy.DefaultMaxInFlight))
+		serve("proxy", ln, pm.Handler(px.Limit(proxy.DefaultMaxInFlight)))
+	}
+	if reg != nil {
+		// Its own listener, without auth: loopback by default; to expose
+		// it, bind it to a private interface (docs/decisions.md).
+		ln, err := net.Listen("tcp", f.metricsAddr)
+		switch {
+		case err == nil:
+			serve("metrics", ln, metricsHandler(reg))
+		case f.metricsAddr == defaultMetricsAddr:
+			// Another Cocoon on this host has the default: a warning,
+			// not a failure (tests run several servers at once).
+			log.Warn("metrics listener: metrics not served", "addr", f.metricsAddr, "err", err)
+		default:
+			return fmt.Errorf("metrics listener: %w", err)
+		}
 	}
 
 	if registry != nil {

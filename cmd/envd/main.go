@@ -16,6 +16,7 @@ import (
 
 	"github.com/cocoon-run/cocoon/internal/envd"
 	"github.com/cocoon-run/cocoon/internal/envd/oom"
+	"github.com/cocoon-run/cocoon/internal/envd/reaper"
 )
 
 func main() {
@@ -62,14 +63,35 @@ func run() error {
 	if *debug {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// JSON lines, as E2B's envd writes them: the sandbox's logs API serves
+	// them and the official CLI parses each one (`e2b sandbox logs`).
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
 
 	listen := *addr
 	if listen == "" {
 		listen = net.JoinHostPort("", strconv.Itoa(port))
 	}
-	srv, err := envd.New(envd.Config{AccessToken: *token, DefaultUser: *defUser, Logger: log})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	// As a sandbox's PID 1 (gVisor's OCI process, a microVM's init after
+	// cocoon-init) envd reaps orphans itself: kill -9 -1 inside spares
+	// PID 1, and the sandbox outlives it.
+	var rp *reaper.Reaper
+	if os.Getpid() == 1 {
+		rp = reaper.New()
+		go rp.Run(ctx)
+		// Go's default for SIGHUP is to exit; a handled signal (unlike an
+		// ignored one) is reset to default in the processes envd starts.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		go func() {
+			for range hup {
+				log.Info("SIGHUP ignored: envd is PID 1")
+			}
+		}()
+	}
+	srv, err := envd.New(envd.Config{AccessToken: *token, DefaultUser: *defUser, Logger: log, Reaper: rp})
 	if err != nil {
 		return fmt.Errorf("assemble envd: %w", err)
 	}
@@ -77,8 +99,6 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	switch *oomMode {
 	case "on", "auto":
 		// auto: only as a gVisor sandbox's own daemon (PID 1 or 2): a

@@ -661,8 +661,27 @@ func TestMetricsAndLogs(t *testing.T) {
 		LogEntries []logEntryJSON `json:"logEntries"`
 	}
 	r.decode(t, &logs)
-	if r.status != 200 || len(logs.Logs) != 2 || logs.Logs[0].Line != "booting" || !logs.Logs[0].Timestamp.Equal(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)) || len(logs.LogEntries) != 2 || logs.LogEntries[1].Message != "envd ready" {
-		t.Errorf("logs: %d %s", r.status, r.body)
+	if r.status != 200 || len(logs.Logs) != 4 || !logs.Logs[0].Timestamp.Equal(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)) || len(logs.LogEntries) != 4 || logs.LogEntries[1].Message != "envd ready" {
+		t.Fatalf("logs: %d %s", r.status, r.body)
+	}
+	// Every line is a JSON object with a level: E2B's CLI parses each
+	// (`e2b sandbox logs` crashed on slog's text format).
+	wantLevels := []string{"info", "info", "warn", "error"}
+	for i, l := range logs.Logs {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(l.Line), &obj); err != nil || obj["level"] == nil {
+			t.Errorf("line %d is not a JSON object with a level: %q (%v)", i, l.Line, err)
+		}
+		if got := logs.LogEntries[i].Level; got != wantLevels[i] {
+			t.Errorf("entry %d level = %q, want %q", i, got, wantLevels[i])
+		}
+	}
+	if e := logs.LogEntries[2]; e.Message != "disk low" || e.Fields["logger"] != "processSvc" || e.Fields["pid"] != "7" ||
+		!e.Timestamp.Equal(time.Date(2025, 1, 2, 3, 4, 6, 5e8, time.UTC)) {
+		t.Errorf("envd's JSON entry = %+v", e)
+	}
+	if !strings.Contains(logs.Logs[0].Line, `"booting"`) {
+		t.Errorf("a plain line keeps its text: %q", logs.Logs[0].Line)
 	}
 }
 

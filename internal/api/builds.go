@@ -423,6 +423,7 @@ func (s *Server) runBuild(team string, t store.Template, b store.TemplateBuild, 
 		run.log(0, "info", fmt.Sprintf("build ready in %.1fs", s.now().Sub(start).Seconds()))
 		b.Status, b.ArtifactDir, b.Runtimes, b.EnvdVersion = store.BuildReady, dir, runtimes, EnvdVersion
 	}
+	s.cfg.Metrics.Build(b.FinishedAt.Sub(start), err)
 	if err := s.store.UpdateBuild(context.Background(), b); err != nil {
 		s.logger.Error("record build result", "build", b.ID, "err", err)
 	}

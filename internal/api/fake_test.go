@@ -157,5 +157,7 @@ func (f *fakeNode) Logs(_ context.Context, req *connect.Request[orchestratorv1.L
 	}
 	return stream.Send(&orchestratorv1.LogsResponse{Lines: []string{
 		"2025-01-02T03:04:05Z booting", "envd ready",
+		`2025-01-02T03:04:06Z {"time":"2025-01-02T03:04:06.5Z","level":"WARN","msg":"disk low","logger":"processSvc","pid":7}`,
+		`2025-01-02T03:04:07Z time=2025-01-02T03:04:07Z level=ERROR msg="an older envd"`,
 	}})
 }

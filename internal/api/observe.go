@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -112,6 +113,71 @@ type logEntryJSON struct {
 	Level     string            `json:"level"`
 	Message   string            `json:"message"`
 	Fields    map[string]string `json:"fields"`
+	// line is the entry as the v1 logs API serves it: one JSON object
+	// (E2B's CLI parses every line), with its level and logger.
+	line string
+}
+
+// consoleEntry reads one console line: envd's JSON lines (slog: time,
+// level, msg; zerolog: message) keep their level and fields; a line of
+// slog's text format (older envds) has its level= read; any other line
+// (the guest kernel, a runtime's own output) is at level info. ts is the
+// time the node read the line, used when the line has none.
+func consoleEntry(ts time.Time, line string) logEntryJSON {
+	e := logEntryJSON{Timestamp: ts.UTC(), Level: "info", Message: line, Fields: map[string]string{"source": "console"}}
+	var obj map[string]any
+	if strings.HasPrefix(line, "{") && json.Unmarshal([]byte(line), &obj) == nil {
+		e.Message = ""
+		for k, v := range obj {
+			str, ok := v.(string)
+			if !ok {
+				b, _ := json.Marshal(v)
+				str = string(b)
+			}
+			switch k {
+			case "level":
+				e.Level = strings.ToLower(str)
+			case "msg", "message":
+				e.Message = str
+			case "time":
+				if t, err := time.Parse(time.RFC3339Nano, str); err == nil {
+					e.Timestamp = t.UTC()
+				}
+			default:
+				e.Fields[k] = str
+			}
+		}
+		if _, ok := obj["level"]; !ok {
+			obj["level"] = e.Level
+			b, _ := json.Marshal(obj)
+			line = string(b)
+		}
+		e.line = line
+		return e
+	}
+	if lvl, ok := textLevel(line); ok {
+		e.Level = lvl
+	}
+	b, _ := json.Marshal(map[string]string{"level": e.Level, "logger": "console", "msg": line})
+	e.line = string(b)
+	return e
+}
+
+// textLevel finds slog's text-format level (" level=WARN ") in a line.
+func textLevel(line string) (string, bool) {
+	i := strings.Index(line, "level=")
+	if i < 0 || (i > 0 && line[i-1] != ' ') {
+		return "", false
+	}
+	v := line[i+len("level="):]
+	if j := strings.IndexByte(v, ' '); j >= 0 {
+		v = v[:j]
+	}
+	switch v = strings.ToLower(v); v {
+	case "debug", "info", "warn", "error":
+		return v, true
+	}
+	return "", false
 }
 
 // consoleLines reads the console log of a sandbox from its node. A paused
@@ -135,7 +201,7 @@ func (s *Server) consoleLines(ctx context.Context, sb store.Sandbox) ([]logEntry
 	for stream.Receive() {
 		for _, line := range stream.Msg().GetLines() {
 			ts, msg := splitTimestamp(line, sb.StartedAt)
-			entries = append(entries, logEntryJSON{Timestamp: ts.UTC(), Level: "info", Message: msg, Fields: map[string]string{"source": "console"}})
+			entries = append(entries, consoleEntry(ts, msg))
 		}
 	}
 	if err := stream.Err(); err != nil {
@@ -208,7 +274,7 @@ func (s *Server) sandboxLogs(w http.ResponseWriter, r *http.Request) error {
 	entries = filterLogs(entries, start, int(limit))
 	logs := make([]logJSON, 0, len(entries))
 	for _, e := range entries {
-		logs = append(logs, logJSON{Timestamp: e.Timestamp, Line: e.Message})
+		logs = append(logs, logJSON{Timestamp: e.Timestamp, Line: e.line})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"logs": logs, "logEntries": entries})
 	return nil

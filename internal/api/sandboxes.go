@@ -232,9 +232,16 @@ func egress(sb store.Sandbox) *orchestratorv1.Egress {
 	return &orchestratorv1.Egress{Disabled: !sb.AllowInternetAccess, AllowOut: sb.AllowOut, DenyOut: sb.DenyOut}
 }
 
-func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
 	team := principalFrom(ctx).teamID
+	start := time.Now()
+	var sb store.Sandbox
+	defer func() {
+		if sb.ID != "" { // recorded: the template is resolved
+			s.cfg.Metrics.Operation("create", sb.Runtime, sb.TemplateID, start, err)
+		}
+	}()
 	var req newSandboxRequest
 	if err := decodeBody(r, &req); err != nil {
 		return err
@@ -302,7 +309,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	} else if len(tpl.Aliases) > 0 {
 		alias = tpl.Aliases[0]
 	}
-	sb := store.Sandbox{
+	sb = store.Sandbox{
 		TeamID:              team,
 		NodeID:              nodeID,
 		TemplateID:          tpl.ID,
@@ -572,7 +579,8 @@ func (s *Server) killSandbox(w http.ResponseWriter, r *http.Request) error {
 
 // kill stops sb on its node (deleting any pause snapshot) and records the
 // final state. The caller holds the sandbox's lock.
-func (s *Server) kill(ctx context.Context, sb store.Sandbox, final store.SandboxState, reason string) error {
+func (s *Server) kill(ctx context.Context, sb store.Sandbox, final store.SandboxState, reason string) (err error) {
+	defer func(start time.Time) { s.cfg.Metrics.Operation("kill", sb.Runtime, sb.TemplateID, start, err) }(time.Now())
 	nodeID := sb.NodeID
 	if nodeID == "" {
 		// Paused before snapshots stayed on their node (docs/decisions.md):
@@ -675,7 +683,8 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 
 // pause saves a running sandbox to the snapshot store and frees its node.
 // The caller holds the sandbox's lock.
-func (s *Server) pause(ctx context.Context, sb store.Sandbox) error {
+func (s *Server) pause(ctx context.Context, sb store.Sandbox) (err error) {
+	defer func(start time.Time) { s.cfg.Metrics.Operation("pause", sb.Runtime, sb.TemplateID, start, err) }(time.Now())
 	switch sb.State {
 	case store.StatePaused, store.StatePausing:
 		return errorf(http.StatusConflict, fmt.Sprintf("sandbox %q is already paused", sb.ID))
@@ -790,7 +799,8 @@ func (s *Server) connectOrResume(w http.ResponseWriter, r *http.Request, legacy 
 // resumes its own). A row paused before that rule has no node: one is
 // chosen now. The caller holds the sandbox's lock. sb.OnTimeout is written
 // as given.
-func (s *Server) resume(ctx context.Context, sb store.Sandbox, timeout time.Duration) (store.Sandbox, error) {
+func (s *Server) resume(ctx context.Context, sb store.Sandbox, timeout time.Duration) (_ store.Sandbox, err error) {
+	defer func(start time.Time, rt, tpl string) { s.cfg.Metrics.Operation("resume", rt, tpl, start, err) }(time.Now(), sb.Runtime, sb.TemplateID)
 	build, err := s.store.GetBuild(ctx, sb.BuildID)
 	if err != nil {
 		return sb, fmt.Errorf("get build %s of sandbox %s: %w", sb.BuildID, sb.ID, err)

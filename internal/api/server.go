@@ -25,6 +25,7 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 
 	apispec "github.com/cocoon-run/cocoon/api"
+	"github.com/cocoon-run/cocoon/internal/metrics"
 	"github.com/cocoon-run/cocoon/internal/store"
 )
 
@@ -76,6 +77,8 @@ type Config struct {
 	// is a thread and can be oversubscribed; the SDK's default is 2).
 	MaxCPUCount int
 	MaxMemoryMB int
+	// Metrics receives the api's Prometheus observations; nil: none.
+	Metrics *metrics.API
 }
 
 func (c *Config) setDefaults() {
@@ -307,6 +310,12 @@ func (s *Server) registerRoutes() error {
 // limit, OpenAPI validation; then runs h and writes its error, if any.
 func (s *Server) wrap(kind authKind, v *validator, h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if m := s.cfg.Metrics; m != nil {
+			start := time.Now()
+			sw := &statusWriter{ResponseWriter: w}
+			w = sw
+			defer func() { m.Request(r.Pattern, sw.status, time.Since(start)) }()
+		}
 		var err error
 		switch kind {
 		case authKey:
@@ -370,6 +379,28 @@ func (s *Server) notFound(next *http.ServeMux) http.Handler {
 		next.ServeHTTP(w, r)
 	})
 }
+
+// statusWriter keeps the status of a response for the request metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 type statusRecorder struct {
 	header http.Header

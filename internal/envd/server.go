@@ -22,6 +22,7 @@ import (
 	"github.com/cocoon-run/cocoon/internal/envd/filesystem"
 	"github.com/cocoon-run/cocoon/internal/envd/metrics"
 	"github.com/cocoon-run/cocoon/internal/envd/process"
+	"github.com/cocoon-run/cocoon/internal/envd/reaper"
 	"github.com/cocoon-run/cocoon/internal/envd/session"
 )
 
@@ -59,6 +60,9 @@ type Config struct {
 	Keepalive time.Duration
 	// ShutdownTimeout bounds the graceful part of shutdown (0 = 10s).
 	ShutdownTimeout time.Duration
+	// Reaper, when envd is PID 1, reaps orphans; the processes envd starts
+	// are kept from it (nil: envd reaps nothing but its own).
+	Reaper *reaper.Reaper
 }
 
 // Server is one envd.
@@ -105,8 +109,8 @@ func New(cfg Config) (*Server, error) {
 		sess:    cfg.Session,
 		log:     cfg.Logger,
 		sys:     cfg.System,
-		fs:      filesystem.New(cfg.Session, filesystem.WithKeepalive(cfg.Keepalive), filesystem.WithLogger(cfg.Logger)),
-		proc:    process.New(cfg.Session, process.WithKeepalive(cfg.Keepalive)),
+		fs:      filesystem.New(cfg.Session, filesystem.WithKeepalive(cfg.Keepalive), filesystem.WithLogger(cfg.Logger.With("logger", "filesystemSvc"))),
+		proc:    process.New(cfg.Session, process.WithKeepalive(cfg.Keepalive), process.WithReaper(cfg.Reaper)),
 		metrics: metrics.New("", "/"),
 	}
 
@@ -118,7 +122,7 @@ func New(cfg Config) (*Server, error) {
 	mux.Handle(s.fs.Handler(opts...))
 	mux.Handle(s.proc.Handler(opts...))
 	mux.HandleFunc("GET /health", s.health)
-	mux.Handle("/files", s.filesAuth(files.New(s.sess, s.log)))
+	mux.Handle("/files", s.filesAuth(files.New(s.sess, s.log.With("logger", "filesSvc"))))
 	mux.HandleFunc("POST /init", s.init)
 	mux.Handle("GET /envs", s.requireToken(http.HandlerFunc(s.envs)))
 	mux.Handle("GET /metrics", s.requireToken(http.HandlerFunc(s.serveMetrics)))

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/cocoon-run/cocoon/internal/envd/initreq"
+	"github.com/cocoon-run/cocoon/internal/metrics"
 	"github.com/cocoon-run/cocoon/internal/network"
 	"github.com/cocoon-run/cocoon/internal/runtime"
 	"github.com/cocoon-run/cocoon/internal/template/base"
@@ -89,6 +90,8 @@ type Config struct {
 	// template (runtimes that can prespawn: QEMU, gVisor); defaults
 	// 1 and 4, WarmMax < 0 disables the pool. See pool.go.
 	WarmMin, WarmMax int
+	// Metrics receives the node's Prometheus observations; nil: none.
+	Metrics *metrics.Node
 }
 
 // CreateParams describe a sandbox to create or resume.
@@ -193,6 +196,7 @@ func New(ctx context.Context, cfg Config) (*Orchestrator, error) {
 	}
 	o := &Orchestrator{cfg: cfg, log: cfg.Logger, sandboxes: map[string]*entry{}, envdHTTP: newEnvdHTTP(),
 		starting: make(chan struct{}, cfg.MaxStarting), events: newEvents(), swept: make(chan struct{})}
+	o.envdHTTP.Transport = cfg.Metrics.EnvdTransport(o.envdHTTP.Transport)
 	o.pool = &warmPool{o: o, queues: map[poolKey]*warmQueue{}}
 	for _, d := range []string{o.recordDir(), o.sandboxRoot(), o.snapshotRoot()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {

@@ -213,6 +213,7 @@ func (w *warmPool) spawn(k poolKey, q *warmQueue, rt runtime.Prespawner, tmpl *r
 		}
 		return &warmEntry{p: p, slot: slot}, nil
 	}()
+	o.cfg.Metrics.Refill(k.runtime, err)
 	w.mu.Lock()
 	q.spawning--
 	if err != nil {
@@ -289,6 +290,18 @@ func (w *warmPool) size() int {
 		n += len(q.ready)
 	}
 	return n
+}
+
+// WarmSizes reports the pooled processes ready per runtime.
+func (o *Orchestrator) WarmSizes() map[string]int {
+	w := o.pool
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[string]int{}
+	for k, q := range w.queues {
+		out[k.runtime] += len(q.ready)
+	}
+	return out
 }
 
 func (o *Orchestrator) releaseSlot(s *network.Slot) {

@@ -122,11 +122,25 @@ func (s *Service) Create(ctx context.Context, req *connect.Request[orchv1.Create
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	sb, err := s.o.Create(ctx, p)
+	s.o.cfg.Metrics.Operation("create", s.runtimeOf(sb.Runtime, p.Runtime), p.TemplateID, start, err)
 	if err != nil {
 		return nil, rpcError(err)
 	}
 	return connect.NewResponse(&orchv1.CreateResponse{Sandbox: toProto(sb)}), nil
+}
+
+// runtimeOf is the runtime label of an operation: what the node ran, else
+// what was asked, else the node's default.
+func (s *Service) runtimeOf(ran, asked string) string {
+	if ran != "" {
+		return ran
+	}
+	if asked != "" {
+		return asked
+	}
+	return s.o.cfg.Default
 }
 
 func (s *Service) Get(ctx context.Context, req *connect.Request[orchv1.GetRequest]) (*connect.Response[orchv1.GetResponse], error) {
@@ -147,7 +161,9 @@ func (s *Service) List(ctx context.Context, _ *connect.Request[orchv1.ListReques
 }
 
 func (s *Service) Pause(ctx context.Context, req *connect.Request[orchv1.PauseRequest]) (*connect.Response[orchv1.PauseResponse], error) {
+	start := time.Now()
 	sb, err := s.o.Pause(ctx, req.Msg.SandboxId)
+	s.o.cfg.Metrics.Operation("pause", sb.Runtime, sb.TemplateID, start, err)
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -160,7 +176,9 @@ func (s *Service) Resume(ctx context.Context, req *connect.Request[orchv1.Resume
 		return nil, err
 	}
 	p.Snapshot = req.Msg.GetSnapshot()
+	start := time.Now()
 	sb, err := s.o.Resume(ctx, p)
+	s.o.cfg.Metrics.Operation("resume", s.runtimeOf(sb.Runtime, p.Runtime), p.TemplateID, start, err)
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -168,7 +186,14 @@ func (s *Service) Resume(ctx context.Context, req *connect.Request[orchv1.Resume
 }
 
 func (s *Service) Kill(ctx context.Context, req *connect.Request[orchv1.KillRequest]) (*connect.Response[orchv1.KillResponse], error) {
-	if err := s.o.Kill(ctx, req.Msg.SandboxId, req.Msg.DeleteSnapshot); err != nil {
+	start := time.Now()
+	var rt, tpl string
+	if sb, err := s.o.Get(ctx, req.Msg.SandboxId); err == nil {
+		rt, tpl = sb.Runtime, sb.TemplateID
+	}
+	err := s.o.Kill(ctx, req.Msg.SandboxId, req.Msg.DeleteSnapshot)
+	s.o.cfg.Metrics.Operation("kill", rt, tpl, start, err)
+	if err != nil {
 		return nil, rpcError(err)
 	}
 	return connect.NewResponse(&orchv1.KillResponse{}), nil

@@ -21,6 +21,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cocoon-run/cocoon/internal/metrics"
 )
 
 // Errors a Resolver returns; the proxy maps them to statuses.
@@ -65,6 +67,8 @@ type Proxy struct {
 	// maxInFlight caps each sandbox's requests in flight (0: no cap; see
 	// Limit).
 	maxInFlight int
+	// metrics counts the errors the proxy answers (nil: none; see Observe).
+	metrics *metrics.Proxy
 
 	mu       sync.Mutex
 	inflight map[string]map[*flight]struct{} // by sandbox ID
@@ -207,12 +211,12 @@ func New(r Resolver, domain string, log *slog.Logger) *Proxy {
 			closeUnlessRead(r, w.Header())
 			var dead *DeadError
 			if errors.As(context.Cause(r.Context()), &dead) {
-				writeError(w, http.StatusBadGateway, dead.Error())
+				p.fail(w, "dead", http.StatusBadGateway, dead.Error())
 				return
 			}
 			t := r.Context().Value(targetKey{}).(target)
 			p.log.Debug("proxy upstream error", "sandbox", t.id, "err", err)
-			writeError(w, http.StatusBadGateway, fmt.Sprintf("sandbox %q did not answer on port %d: %s", t.id, t.port, upstreamReason(err, t)))
+			p.fail(w, "upstream", http.StatusBadGateway, fmt.Sprintf("sandbox %q did not answer on port %d: %s", t.id, t.port, upstreamReason(err, t)))
 		},
 	}
 	return p
@@ -255,7 +259,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	id, port, err := p.Route(r)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		p.fail(w, "bad_route", http.StatusBadRequest, err.Error())
 		return
 	}
 	ctx, done, err := p.track(r.Context(), id)
@@ -263,10 +267,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.As(err, &tooMany):
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusTooManyRequests, err.Error())
+		p.fail(w, "limited", http.StatusTooManyRequests, err.Error())
 		return
 	case err != nil:
-		writeError(w, http.StatusBadGateway, err.Error())
+		p.fail(w, "dead", http.StatusBadGateway, err.Error())
 		return
 	}
 	defer done()
@@ -275,19 +279,20 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var dead *DeadError
 	switch {
 	case errors.As(err, &dead):
-		writeError(w, http.StatusBadGateway, dead.Error())
+		p.fail(w, "dead", http.StatusBadGateway, dead.Error())
 		return
 	case errors.Is(err, ErrNotFound):
-		writeError(w, http.StatusNotFound, fmt.Sprintf("sandbox %q not found", id))
+		p.fail(w, "not_found", http.StatusNotFound, fmt.Sprintf("sandbox %q not found", id))
 		return
 	case errors.Is(err, ErrPaused):
-		writeError(w, http.StatusConflict, fmt.Sprintf("sandbox %q is paused; resume it with Sandbox.connect (or create it with auto-resume)", id))
+		p.fail(w, "paused", http.StatusConflict, fmt.Sprintf("sandbox %q is paused; resume it with Sandbox.connect (or create it with auto-resume)", id))
 		return
 	case err != nil:
-		writeError(w, http.StatusBadGateway, fmt.Sprintf("sandbox %q is not reachable: %v", id, err))
+		p.fail(w, "unreachable", http.StatusBadGateway, fmt.Sprintf("sandbox %q is not reachable: %v", id, err))
 		return
 	}
 	if !allow(w, r, t, port) {
+		p.metrics.Error("denied")
 		return
 	}
 	host := net.JoinHostPort(addr, strconv.Itoa(port))
@@ -390,6 +395,19 @@ func upstreamReason(err error, t target) string {
 		err = op.Err
 	}
 	return strings.NewReplacer(t.host, "", t.key, "").Replace(err.Error())
+}
+
+// Observe has the errors the proxy answers counted by kind in m, and
+// returns p. Call it before serving.
+func (p *Proxy) Observe(m *metrics.Proxy) *Proxy {
+	p.metrics = m
+	return p
+}
+
+// fail answers an error of kind (a cocoon_proxy_errors_total label).
+func (p *Proxy) fail(w http.ResponseWriter, kind string, status int, msg string) {
+	p.metrics.Error(kind)
+	writeError(w, status, msg)
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {

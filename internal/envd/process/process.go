@@ -29,6 +29,7 @@ import (
 	"github.com/cocoon-run/cocoon/api/gen/process/processconnect"
 	"github.com/cocoon-run/cocoon/internal/envd/frames"
 	"github.com/cocoon-run/cocoon/internal/envd/identity"
+	"github.com/cocoon-run/cocoon/internal/envd/reaper"
 	"github.com/cocoon-run/cocoon/internal/envd/session"
 )
 
@@ -52,10 +53,17 @@ func WithKeepalive(d time.Duration) Option {
 	}
 }
 
+// WithReaper has the processes started under r (envd is PID 1 and r
+// reaps the orphans): r never takes their exit status.
+func WithReaper(r *reaper.Reaper) Option {
+	return func(s *Service) { s.reaper = r }
+}
+
 // Service implements processconnect.ProcessHandler.
 type Service struct {
 	sess      *session.Session
 	keepalive time.Duration
+	reaper    *reaper.Reaper // nil unless envd reaps orphans
 
 	mu     sync.Mutex
 	procs  map[uint32]*proc
@@ -423,11 +431,18 @@ func (s *Service) spawn(msg *pb.StartRequest, u *identity.User) (*proc, *subscri
 		ended: make(chan struct{}),
 	}
 	var readers sync.WaitGroup
-	if msg.Pty != nil {
-		err = startPTY(p, msg.GetPty().GetSize())
-	} else {
-		err = startPipes(p, msg.GetStdin())
-	}
+	err = s.reaper.Start(func() (int, error) {
+		var err error
+		if msg.Pty != nil {
+			err = startPTY(p, msg.GetPty().GetSize())
+		} else {
+			err = startPipes(p, msg.GetStdin())
+		}
+		if err != nil {
+			return 0, err
+		}
+		return cmd.Process.Pid, nil
+	})
 	if err != nil {
 		s.wg.Done()
 		return nil, nil, startError(cfg.GetCmd(), err)
@@ -454,6 +469,7 @@ func (s *Service) spawn(msg *pb.StartRequest, u *identity.User) (*proc, *subscri
 		go func() { defer readers.Done(); p.readOutput(p.outs[1], stderrData) }()
 	}
 	go p.wait(&readers, func() {
+		s.reaper.Done(int(p.pid))
 		s.mu.Lock()
 		if s.procs[p.pid] == p { // the pid may already be reused
 			delete(s.procs, p.pid)
