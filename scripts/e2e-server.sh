@@ -182,6 +182,52 @@ for combo in $matrix; do
 		) 2>&1 | tee -a "$d/test.log"
 		rc=${PIPESTATUS[0]}
 	fi
+	# The code interpreter (@e2b/code-interpreter) once, on the default
+	# runtime: `cocoon template build code-interpreter` inside the test. Its
+	# slow layer (code-interpreter-deps: Debian's Python data stack) is kept
+	# across runs in $base/codeinterp-cache (hard links, the newest only).
+	if [[ "$rt" == gvisor && "$db" == sqlite && "$rc" == 0 && "$subset" == full ]]; then
+		log "running tests/e2e/codeinterp.test.mjs ($rt, $db)"
+		ci_cache="$base/codeinterp-cache"
+		for kind in layers custom; do
+			if [[ -d "$ci_cache/$kind" ]]; then mkdir -p "$d/templates/$kind" && cp -al "$ci_cache/$kind/." "$d/templates/$kind/"; fi
+		done
+		(
+			unset E2B_DOMAIN E2B_DEBUG
+			# shellcheck disable=SC1091
+			source "$d/sdk.env"
+			export COCOON_E2E_DATA_DIR="$d" COCOON_BIN="$bin"
+			cd tests/e2e && timeout 2400 node --test --test-reporter=spec codeinterp.test.mjs
+		) 2>&1 | tee -a "$d/test.log"
+		rc=${PIPESTATUS[0]}
+		if [[ "$rc" == 0 ]]; then
+			rm -rf "$ci_cache.new" && mkdir -p "$ci_cache.new/layers" "$ci_cache.new/custom"
+			for kind in layers custom; do
+				# code-interpreter-deps: ipykernel installed, no server binary yet.
+				newest=$(ls -td "$d/templates/$kind"/*/ 2>/dev/null | while read -r t; do
+					[[ -d "$t/rootfs/usr/lib/python3/dist-packages/ipykernel" && ! -e "$t/rootfs/usr/local/bin/code-interpreter" ]] && echo "$t"
+				done | head -n1)
+				[[ -n "$newest" ]] && cp -al "${newest%/}" "$ci_cache.new/$kind/"
+			done
+			rm -rf "$ci_cache" && mv "$ci_cache.new" "$ci_cache"
+		fi
+	fi
+	# sdk/go, the `cocoon sandbox` CLI (tmux drives its shell) and the
+	# README's examples, once, on the default runtime, in both subsets
+	# (issue 16; ≈ 60 s).
+	if [[ "$rt" == gvisor && "$db" == sqlite && "$rc" == 0 ]]; then
+		log "running sdk/go, cocoon sandbox and README end to end ($rt, $db)"
+		(
+			unset E2B_DOMAIN E2B_DEBUG
+			# shellcheck disable=SC1091
+			source "$d/sdk.env"
+			export COCOON_SDK_E2E=1 COCOON_BIN="$bin"
+			(cd sdk/go && go test -count=1 -timeout 10m -run '^TestE2E' .) &&
+				go test -count=1 -timeout 10m -run '^TestSandbox(CLI|Shell)$' ./cmd/cocoon &&
+				go test -count=1 -timeout 10m ./tests/readme
+		) 2>&1 | tee -a "$d/test.log"
+		rc=${PIPESTATUS[0]}
+	fi
 	tt=$(($(date +%s) - tt0))
 	# Summed over the test files that ran (server, then templates).
 	npass=$(grep -oP '^ℹ pass \K\d+' "$d/test.log" | awk '{s += $1} END {if (NR) print s}')

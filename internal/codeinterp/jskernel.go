@@ -56,7 +56,14 @@ type jsKernel struct {
 	in   io.WriteCloser
 	dead chan struct{}
 	seq  int
-	cur  chan jsEvent // the running execution's events
+	gen  int
+	cur  *jsRun // the running execution
+}
+
+// jsRun is one execution's event channel; done ends its delivery.
+type jsRun struct {
+	ch   chan jsEvent
+	done chan struct{}
 }
 
 type jsEvent struct {
@@ -105,6 +112,7 @@ func (k *jsKernel) start(ctx context.Context) error {
 	}()
 	k.life.Lock()
 	k.proc, k.in, k.dead = cmd, in, dead
+	k.gen++
 	k.life.Unlock()
 	select {
 	case <-ready:
@@ -119,10 +127,13 @@ func (k *jsKernel) start(ctx context.Context) error {
 
 func (k *jsKernel) deliver(ev jsEvent) {
 	k.life.Lock()
-	ch := k.cur
+	r := k.cur
 	k.life.Unlock()
-	if ch != nil {
-		ch <- ev
+	if r != nil {
+		select {
+		case r.ch <- ev:
+		case <-r.done:
+		}
 	}
 }
 
@@ -179,23 +190,17 @@ func (k *jsKernel) Execute(ctx context.Context, code string, env map[string]stri
 
 func (k *jsKernel) run(ctx context.Context, code string, emit Emit) error {
 	k.seq++
-	ch := make(chan jsEvent, 64)
+	cur := &jsRun{ch: make(chan jsEvent, 64), done: make(chan struct{})}
+	ch := cur.ch
 	k.life.Lock()
 	in, dead := k.in, k.dead
-	k.cur = ch
+	k.cur = cur
 	k.life.Unlock()
 	defer func() {
 		k.life.Lock()
 		k.cur = nil
 		k.life.Unlock()
-		// Unblock a reader that raced with the end.
-		for {
-			select {
-			case <-ch:
-			default:
-				return
-			}
-		}
+		close(cur.done)
 	}()
 	req, _ := json.Marshal(map[string]any{"id": strconv.Itoa(k.seq), "code": code})
 	if _, err := in.Write(append(req, '\n')); err != nil {
@@ -266,6 +271,13 @@ func (k *jsKernel) stop() {
 	}
 	_ = syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
 	<-dead
+}
+
+// Generation counts the kernel's starts.
+func (k *jsKernel) Generation() int {
+	k.life.Lock()
+	defer k.life.Unlock()
+	return k.gen
 }
 
 func (k *jsKernel) Close() error {

@@ -36,6 +36,7 @@ type jupyterKernel struct {
 	iopub   *zconn
 	key     []byte
 	session string
+	gen     int
 
 	routes sync.Map // parent msg_id → *route
 }
@@ -159,6 +160,7 @@ func (k *jupyterKernel) start(ctx context.Context) error {
 	}
 	k.life.Lock()
 	k.proc, k.dead, k.shell, k.iopub, k.key, k.session = cmd, dead, shell, iopub, []byte(key), randHex(16)
+	k.gen++
 	k.life.Unlock()
 	go k.read(shell, dead)
 	go k.read(iopub, dead)
@@ -436,6 +438,13 @@ func (k *jupyterKernel) stop() {
 	}
 	_ = syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
 	<-dead
+}
+
+// Generation counts the kernel's starts.
+func (k *jupyterKernel) Generation() int {
+	k.life.Lock()
+	defer k.life.Unlock()
+	return k.gen
 }
 
 // Close stops the kernel.

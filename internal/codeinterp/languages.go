@@ -30,6 +30,8 @@ func Python(python, tmp string) (Language, error) {
 		"--HistoryManager.enabled=False", "--IPKernelApp.exec_files=" + startup}
 	return Language{
 		Start: func(ctx context.Context, dir string, env []string) (Kernel, error) {
+			// debugpy (an ipykernel dependency) warns about frozen modules at every start.
+			env = append(env[:len(env):len(env)], "PYDEVD_DISABLE_FILE_VALIDATION=1")
 			k := newJupyterKernel(argv, dir, tmp, env)
 			ctx, cancel := context.WithTimeout(ctx, kernelStartTimeout)
 			defer cancel()

@@ -9,6 +9,8 @@ package codeinterp
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,6 +37,8 @@ type Kernel interface {
 	Interrupt() error
 	Restart(ctx context.Context) error
 	Close() error
+	// Generation counts the kernel's starts: a restart loses its state.
+	Generation() int
 }
 
 // Language starts kernels of one language.
@@ -70,8 +74,9 @@ type Context struct {
 	Cwd      string `json:"cwd"`
 
 	kernel  Kernel
-	mu      sync.Mutex // serializes env updates with executions
-	applied map[string]string
+	mu      sync.Mutex        // serializes env updates with executions
+	applied map[string]string // the sandbox env vars set in the kernel
+	gen     int               // of the kernel applied was set in
 }
 
 // Server serves the code interpreter's HTTP API.
@@ -355,6 +360,9 @@ func (s *Server) sandboxEnv(r *http.Request) (map[string]string, int, error) {
 
 // applyEnv sets in c's kernel the sandbox env vars it does not have yet.
 func (s *Server) applyEnv(ctx context.Context, c *Context, envs map[string]string) error {
+	if g := c.kernel.Generation(); g != c.gen {
+		c.applied, c.gen = nil, g
+	}
 	diff := map[string]string{}
 	for k, v := range envs {
 		if cur, ok := c.applied[k]; !ok || cur != v {
@@ -491,7 +499,12 @@ func (s *Server) interruptContext(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(204)
 }
 
+// randUUID is a random (version 4) UUID.
 func randUUID() string {
-	h := randHex(16)
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b)
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
