@@ -63,6 +63,9 @@ func run() error {
 		}
 		langs["javascript"] = js
 	}
+	if codeinterp.Available("bash") {
+		langs["bash"] = codeinterp.Bash("bash")
+	}
 	if len(langs) == 0 {
 		return errors.New("neither python nor node is available")
 	}
@@ -77,7 +80,7 @@ func run() error {
 	}
 	srv := codeinterp.New(codeinterp.Config{
 		Languages: langs, DefaultLanguage: def, Cwd: *cwd, EnvdURL: *envd, Log: log,
-		Aliases: map[string]string{"python3": "python", "py": "python", "js": "javascript", "node": "javascript"},
+		Aliases: map[string]string{"python3": "python", "py": "python", "js": "javascript", "node": "javascript", "sh": "bash", "shell": "bash"},
 	})
 	defer srv.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

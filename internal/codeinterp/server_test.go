@@ -170,6 +170,32 @@ func TestContextsCRUD(t *testing.T) {
 	}
 }
 
+func TestBashContext(t *testing.T) {
+	ts := newTestServer(t, func(string) map[string]Language {
+		return map[string]Language{"bash": Bash("bash")}
+	}, "bash")
+	ctx := context.Background()
+	_, lines := execute(t, ctx, ts.URL, map[string]any{"code": "cd /tmp && V=41 && echo out && echo err >&2"})
+	if text(lines, "stdout") != "out\n" || text(lines, "stderr") != "err\n" || len(of(lines, "end_of_execution")) != 1 {
+		t.Fatalf("first cell: %v", lines)
+	}
+	_, lines = execute(t, ctx, ts.URL, map[string]any{"code": "echo $((V + 1)) $PWD $ONCE", "env_vars": map[string]string{"ONCE": "o"}})
+	if text(lines, "stdout") != "42 /tmp o\n" {
+		t.Fatalf("state: %v", lines)
+	}
+	_, lines = execute(t, ctx, ts.URL, map[string]any{"code": "echo \"[$ONCE]\"; false"})
+	if text(lines, "stdout") != "[]\n" || len(of(lines, "error")) != 1 {
+		t.Fatalf("env restored, exit code as error: %v", lines)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	execute(t, cctx, ts.URL, map[string]any{"code": "sleep 100"})
+	cancel()
+	_, lines = execute(t, ctx, ts.URL, map[string]any{"code": "echo $V"})
+	if text(lines, "stdout") != "41\n" {
+		t.Fatalf("after interrupt: %v", lines)
+	}
+}
+
 // hostPython is a Python with ipykernel on this host, or "".
 func hostPython() string {
 	for _, p := range []string{"/usr/bin/python3", "python3"} {
