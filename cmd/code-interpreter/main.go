@@ -62,6 +62,11 @@ func run() error {
 			return err
 		}
 		langs["javascript"] = js
+		if codeinterp.HasTypeScript(*node) {
+			if langs["typescript"], err = codeinterp.TypeScript(*node, tmp); err != nil {
+				return err
+			}
+		}
 	}
 	if codeinterp.Available("bash") {
 		langs["bash"] = codeinterp.Bash("bash")
@@ -80,7 +85,7 @@ func run() error {
 	}
 	srv := codeinterp.New(codeinterp.Config{
 		Languages: langs, DefaultLanguage: def, Cwd: *cwd, EnvdURL: *envd, Log: log,
-		Aliases: map[string]string{"python3": "python", "py": "python", "js": "javascript", "node": "javascript", "sh": "bash", "shell": "bash"},
+		Aliases: map[string]string{"python3": "python", "py": "python", "js": "javascript", "node": "javascript", "sh": "bash", "shell": "bash", "ts": "typescript"},
 	})
 	defer srv.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

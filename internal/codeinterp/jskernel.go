@@ -24,12 +24,30 @@ var jsKernelSource []byte
 // vm module (kernel.js): no Jupyter kernel for Node is packaged in Debian,
 // and the npm ones need native builds.
 func JavaScript(node, tmp string) (Language, error) {
+	return nodeLanguage(node, tmp, false)
+}
+
+// TypeScript is the JavaScript kernel with each cell transpiled by
+// Debian's node-typescript (types stripped, not checked).
+func TypeScript(node, tmp string) (Language, error) {
+	return nodeLanguage(node, tmp, true)
+}
+
+// HasTypeScript reports whether node can load the typescript module.
+func HasTypeScript(node string) bool {
+	return exec.Command(node, "-e", "require('typescript')").Run() == nil
+}
+
+func nodeLanguage(node, tmp string, ts bool) (Language, error) {
 	script := filepath.Join(tmp, "kernel.js")
 	if err := os.WriteFile(script, jsKernelSource, 0o644); err != nil {
 		return Language{}, fmt.Errorf("write javascript kernel: %w", err)
 	}
 	return Language{
 		Start: func(ctx context.Context, dir string, env []string) (Kernel, error) {
+			if ts {
+				env = append(env[:len(env):len(env)], "COCOON_KERNEL_TS=1")
+			}
 			k := &jsKernel{argv: []string{node, script}, dir: dir, env: env}
 			ctx, cancel := context.WithTimeout(ctx, kernelStartTimeout)
 			defer cancel()

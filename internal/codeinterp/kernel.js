@@ -3,7 +3,9 @@
 // JSON lines on stdin ({"id", "code"}); outputs leave as JSON lines on fd 3
 // ({"id", "type": "stdout"|"stderr"|"result"|"error"|"end", ...}); what the
 // code writes to process.stdout/stderr directly is forwarded by the server.
-// SIGINT interrupts a running cell (vm's breakOnSigint).
+// SIGINT interrupts a running cell (vm's breakOnSigint). With
+// COCOON_KERNEL_TS=1 it is the TypeScript kernel: each cell is transpiled
+// with Debian's node-typescript (types stripped, no type check) first.
 'use strict'
 const vm = require('node:vm')
 const util = require('node:util')
@@ -35,6 +37,11 @@ const sandbox = {
 sandbox.exports = sandbox.module.exports
 sandbox.globalThis = sandbox
 const context = vm.createContext(sandbox)
+let transpile = (code) => code
+if (process.env.COCOON_KERNEL_TS === '1') {
+  const ts = require('typescript')
+  transpile = (code) => ts.transpile(code, { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.None })
+}
 process.on('SIGINT', () => {})
 
 function result(v) {
@@ -55,6 +62,7 @@ function fail(e) {
 }
 
 async function run(code) {
+  code = transpile(code)
   let script
   try {
     script = new vm.Script(code, { filename: 'cell.js' })

@@ -25,9 +25,19 @@ type interceptor struct {
 	token  string
 }
 
-func (a *interceptor) check(h http.Header) error {
+// Valid tells whether h carries `Authorization: Bearer <token>`; an empty
+// token is never valid. Plain HTTP endpoints between nodes (a template's
+// artifact) check it as the RPC does.
+func Valid(h http.Header, token string) bool {
 	got, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
-	if !ok || a.token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+	return ok && token != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+// Set adds the token to h.
+func Set(h http.Header, token string) { h.Set("Authorization", "Bearer "+token) }
+
+func (a *interceptor) check(h http.Header) error {
+	if !Valid(h, a.token) {
 		return connect.NewError(connect.CodeUnauthenticated, errors.New("missing or wrong node token"))
 	}
 	return nil
@@ -40,7 +50,7 @@ func (a *interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 				return nil, err
 			}
 		} else {
-			req.Header().Set("Authorization", "Bearer "+a.token)
+			Set(req.Header(), a.token)
 		}
 		return next(ctx, req)
 	}
@@ -50,7 +60,7 @@ func (a *interceptor) WrapStreamingClient(next connect.StreamingClientFunc) conn
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
 		conn := next(ctx, spec)
 		if !a.server {
-			conn.RequestHeader().Set("Authorization", "Bearer "+a.token)
+			Set(conn.RequestHeader(), a.token)
 		}
 		return conn
 	}

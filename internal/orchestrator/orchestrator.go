@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -90,6 +91,10 @@ type Config struct {
 	// template (runtimes that can prespawn: QEMU, gVisor); defaults
 	// 1 and 4, WarmMax < 0 disables the pool. See pool.go.
 	WarmMin, WarmMax int
+	// FetchTemplate, if set, streams the artifact of a custom template
+	// this node lacks from a node that has it (a tar of what
+	// WriteTemplate writes; see artifacts.go). Nil outside a fleet.
+	FetchTemplate func(ctx context.Context, ref string) (io.ReadCloser, error)
 	// Metrics receives the node's Prometheus observations; nil: none.
 	Metrics *metrics.Node
 }
@@ -169,6 +174,7 @@ type Orchestrator struct {
 	sandboxes map[string]*entry
 
 	refilling atomic.Bool // a network slot refill is running
+	fetchMu   sync.Mutex  // one custom template fetched at a time (ResolveTemplate)
 	pool      *warmPool
 	starting  chan struct{} // a token per restore in flight (MaxStarting)
 

@@ -105,20 +105,26 @@ type startRequest interface {
 	GetHostname() string
 }
 
-func startParams(m startRequest) (CreateParams, error) {
+// startParams resolves the request's template (fetching a custom template
+// this node lacks, see ResolveTemplate).
+func (s *Service) startParams(ctx context.Context, m startRequest) (CreateParams, error) {
 	t := m.GetTemplate()
 	if t.GetDir() == "" {
 		return CreateParams{}, connect.NewError(connect.CodeInvalidArgument, errors.New("template dir is required"))
 	}
+	dir, err := s.o.ResolveTemplate(ctx, t.GetDir())
+	if err != nil {
+		return CreateParams{}, rpcError(err)
+	}
 	return CreateParams{
-		ID: m.GetSandboxId(), TemplateDir: t.GetDir(), TemplateID: t.GetTemplateId(), BuildID: t.GetBuildId(),
+		ID: m.GetSandboxId(), TemplateDir: dir, TemplateID: t.GetTemplateId(), BuildID: t.GetBuildId(),
 		Runtime: m.GetRuntime(), VCPUs: int(m.GetVcpus()), MemoryMB: int(m.GetMemoryMb()), EnvVars: m.GetEnvVars(),
 		AccessToken: m.GetEnvdAccessToken(), Egress: egressFrom(m.GetEgress()), Hostname: m.GetHostname(),
 	}, nil
 }
 
 func (s *Service) Create(ctx context.Context, req *connect.Request[orchv1.CreateRequest]) (*connect.Response[orchv1.CreateResponse], error) {
-	p, err := startParams(req.Msg)
+	p, err := s.startParams(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +177,7 @@ func (s *Service) Pause(ctx context.Context, req *connect.Request[orchv1.PauseRe
 }
 
 func (s *Service) Resume(ctx context.Context, req *connect.Request[orchv1.ResumeRequest]) (*connect.Response[orchv1.ResumeResponse], error) {
-	p, err := startParams(req.Msg)
+	p, err := s.startParams(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}

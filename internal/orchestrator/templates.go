@@ -50,6 +50,8 @@ type BuildParams struct {
 
 // BuildResult is a built template on this node.
 type BuildResult struct {
+	// Dir is the template's ref ("custom/<key>", see ResolveTemplate): the
+	// same on every node, which fetches the template when it lacks it.
 	Dir      string
 	Runtimes []string
 	Cached   bool
@@ -70,7 +72,11 @@ func (o *Orchestrator) BuildTemplate(ctx context.Context, p BuildParams, progres
 	if !validKey(p.CacheKey) || !validKey(p.LayerKey) {
 		return BuildResult{}, fmt.Errorf("invalid cache keys %q / %q", p.CacheKey, p.LayerKey)
 	}
-	parent, err := base.Load(p.ParentDir)
+	parentDir, err := o.ResolveTemplate(ctx, p.ParentDir)
+	if err != nil {
+		return BuildResult{}, fmt.Errorf("parent template: %w", err)
+	}
+	parent, err := base.Load(parentDir)
 	if err != nil {
 		return BuildResult{}, fmt.Errorf("parent template: %w", err)
 	}
@@ -78,13 +84,13 @@ func (o *Orchestrator) BuildTemplate(ctx context.Context, p BuildParams, progres
 	if len(names) == 0 {
 		return BuildResult{}, fmt.Errorf("the parent template has no snapshot for a runtime of this node")
 	}
-	finalDir := filepath.Join(o.templateRoot(), "custom", p.CacheKey)
+	finalDir := filepath.Join(o.templateRoot(), customKind, p.CacheKey)
 	if t, err := base.Load(finalDir); err == nil && allSnapshots(t, names) {
 		if p.SandboxID != "" {
 			_ = o.Kill(ctx, p.SandboxID, true)
 		}
 		progress("template cached: reusing " + p.CacheKey)
-		return BuildResult{Dir: finalDir, Runtimes: names, Cached: true}, nil
+		return BuildResult{Dir: CustomRef(p.CacheKey), Runtimes: names, Cached: true}, nil
 	}
 	layerDir := filepath.Join(o.templateRoot(), "layers", p.LayerKey)
 	if _, err := os.Stat(layerDir); err == nil {
@@ -108,7 +114,7 @@ func (o *Orchestrator) BuildTemplate(ctx context.Context, p BuildParams, progres
 			return BuildResult{}, err
 		}
 	}
-	dir, _, err := cache.Ensure(ctx, o.templateRoot(), "custom", p.CacheKey, func(ctx context.Context, dir string) error {
+	dir, _, err := cache.Ensure(ctx, o.templateRoot(), customKind, p.CacheKey, func(ctx context.Context, dir string) error {
 		for _, l := range []struct{ src, dst string }{
 			{parent.Kernel, base.KernelFile}, {parent.Initrd, base.InitrdFile},
 			{filepath.Join(layerDir, base.ImageFile), base.ImageFile},
@@ -130,6 +136,9 @@ func (o *Orchestrator) BuildTemplate(ctx context.Context, p BuildParams, progres
 		if err != nil {
 			return err
 		}
+		if err := writeSnapshotParams(dir, p); err != nil {
+			return err
+		}
 		return os.WriteFile(filepath.Join(dir, base.ManifestFile), append(b, '\n'), 0o644)
 	})
 	if err != nil {
@@ -143,7 +152,7 @@ func (o *Orchestrator) BuildTemplate(ctx context.Context, p BuildParams, progres
 	if err := SnapshotTemplate(ctx, o.cfg.Slots, o.cfg.Runtimes, t, names, progress); err != nil {
 		return BuildResult{}, err
 	}
-	return BuildResult{Dir: dir, Runtimes: names}, nil
+	return BuildResult{Dir: CustomRef(p.CacheKey), Runtimes: names}, nil
 }
 
 // snapshotRuntimes are the runtimes of this node the parent has snapshots for.

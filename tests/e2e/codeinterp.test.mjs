@@ -153,6 +153,23 @@ describe('code interpreter (@e2b/code-interpreter)', () => {
     await assert.rejects(sbx.runCode('1', { context: ctx }), /not found/i)
   })
 
+  test('a TypeScript context strips types and keeps its state', T, async () => {
+    const r1 = await sbx.runCode('const add = (a: number, b: number): number => a + b\ninterface P { n: number }\nconst p: P = { n: 40 }', { language: 'typescript' })
+    assert.equal(r1.error, undefined, `first cell: ${r1.error?.value}`)
+    const r2 = await sbx.runCode('add(p.n, 2)', { language: 'typescript' })
+    assert.equal(r2.text, '42')
+  })
+
+  test('a bash context keeps its variables and working directory', T, async () => {
+    const ctx = await sbx.createCodeContext({ language: 'bash', cwd: '/tmp' })
+    await sbx.runCode('cd /home/user && N=41', { context: ctx })
+    const r = await sbx.runCode('echo $((N + 1)) $PWD', { context: ctx })
+    assert.deepEqual(r.logs.stdout, ['42 /home/user\n'])
+    const failed = await sbx.runCode('exit_code_test() { return 3; }; exit_code_test', { context: ctx })
+    assert.ok(failed.error, 'a failing last command is an error')
+    await sbx.removeCodeContext(ctx)
+  })
+
   test('an unknown language is a 400 naming the languages available', T, async () => {
     const err = await sbx.runCode('1', { language: 'cobol' }).then(() => null, (e) => e)
     assert.ok(err, 'runCode in cobol must fail')

@@ -77,6 +77,7 @@ const maxTemplates = 10000
 func (r *Registry) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+HeartbeatPath, r.heartbeat)
+	mux.HandleFunc("GET "+TemplateHoldersPath, r.templateHolders)
 	mux.HandleFunc("GET "+AdminNodesPath, r.admin(r.listNodes))
 	mux.HandleFunc("POST "+AdminNodesPath+"/{id}/drain", r.admin(r.setState(store.NodeDraining)))
 	mux.HandleFunc("POST "+AdminNodesPath+"/{id}/undrain", r.admin(r.setState(store.NodeReady)))
