@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -22,6 +23,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+		var exit *exitError
+		if errors.As(err, &exit) { // a sandbox command's exit code, passed on
+			stop()
+			os.Exit(exit.code)
+		}
 		fmt.Fprintln(os.Stderr, "cocoon:", err)
 		os.Exit(1)
 	}
@@ -52,6 +58,7 @@ func newRootCmd() *cobra.Command {
 		newKeyCmd(g),
 		newNodeCmd(g),
 		newBenchCmd(g),
+		newSandboxCmd(),
 	)
 	return root
 }

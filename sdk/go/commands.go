@@ -140,7 +140,13 @@ func (c *Commands) Run(ctx context.Context, cmd string, opts *RunOptions) (*Comm
 	if err != nil && wctx.Err() != nil && h.running() {
 		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		_ = h.Kill(kctx)
+		// Killed and gone when Run returns: wait for the end event.
+		if h.Kill(kctx) == nil {
+			select {
+			case <-h.done:
+			case <-kctx.Done():
+			}
+		}
 		h.Disconnect()
 		if ctx.Err() == nil { // our Timeout, not the caller's context
 			return nil, &TimeoutError{APIError{Message: fmt.Sprintf("command %q ran longer than %v and was killed", cmd, opts.Timeout)}}

@@ -38,6 +38,10 @@ type Config struct {
 	MaxRetries int
 	// RequestTimeout bounds each non-streaming request; 0 means 60 s.
 	RequestTimeout time.Duration
+	// Debug (E2B_DEBUG=true), as in the official SDKs: no API calls;
+	// Create and Connect return a sandbox whose envd is
+	// http://localhost:49983 (or SandboxURL), Kill does nothing.
+	Debug bool
 }
 
 // ConfigFromEnv returns the Config the environment describes (E2B_API_KEY,
@@ -48,8 +52,12 @@ func ConfigFromEnv() Config {
 		APIURL:     os.Getenv("E2B_API_URL"),
 		SandboxURL: os.Getenv("E2B_SANDBOX_URL"),
 		Domain:     os.Getenv("E2B_DOMAIN"),
+		Debug:      os.Getenv("E2B_DEBUG") == "true",
 	}
 }
+
+// ErrNoAPIKey: neither Config.APIKey nor E2B_API_KEY has a key.
+var ErrNoAPIKey = errors.New("no API key: set E2B_API_KEY (or Config.APIKey)")
 
 // withDefaults fills c's zero fields from the environment and defaults.
 func (c Config) withDefaults() (Config, error) {
@@ -66,6 +74,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Domain == "" {
 		c.Domain = env.Domain
 	}
+	c.Debug = c.Debug || env.Debug
 	if c.Domain == "" {
 		c.Domain = DefaultDomain
 	}
@@ -75,7 +84,7 @@ func (c Config) withDefaults() (Config, error) {
 	c.APIURL = strings.TrimRight(c.APIURL, "/")
 	c.SandboxURL = strings.TrimRight(c.SandboxURL, "/")
 	if c.APIKey == "" {
-		return c, errors.New("no API key: set E2B_API_KEY (or Config.APIKey)")
+		return c, ErrNoAPIKey
 	}
 	if c.HTTPClient == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()

@@ -92,6 +92,9 @@ type sandboxReply struct {
 	Domain             string `json:"domain"`
 }
 
+// debugSandboxID is the ID of Config.Debug's sandbox (the official SDKs').
+const debugSandboxID = "debug_sandbox_id"
+
 // Sandbox is a running sandbox: its commands, PTYs and files.
 type Sandbox struct {
 	// ID is the sandbox's ID.
@@ -137,6 +140,9 @@ func (c *Client) Create(ctx context.Context, opts CreateOptions) (*Sandbox, erro
 	if req.TemplateID == "" {
 		req.TemplateID = "base"
 	}
+	if c.cfg.Debug {
+		return c.newSandbox(sandboxReply{SandboxID: debugSandboxID, TemplateID: req.TemplateID}), nil
+	}
 	var r sandboxReply
 	if _, err := c.api(ctx, http.MethodPost, "/v2/sandboxes", nil, req, &r); err != nil {
 		return nil, fmt.Errorf("create sandbox from %q: %w", req.TemplateID, err)
@@ -147,6 +153,9 @@ func (c *Client) Create(ctx context.Context, opts CreateOptions) (*Sandbox, erro
 // Connect returns the running sandbox id, resuming it first when it is
 // paused. A timeout > 0 extends its life to at least that from now.
 func (c *Client) Connect(ctx context.Context, id string, timeout time.Duration) (*Sandbox, error) {
+	if c.cfg.Debug {
+		return c.newSandbox(sandboxReply{SandboxID: id}), nil
+	}
 	var r sandboxReply
 	body := map[string]int{}
 	if t := seconds(timeout); t > 0 {
@@ -244,6 +253,9 @@ func (c *Client) List(ctx context.Context, opts ListOptions) (*SandboxPage, erro
 
 // Kill kills sandbox id; a NotFoundError when there is none.
 func (c *Client) Kill(ctx context.Context, id string) error {
+	if c.cfg.Debug {
+		return nil
+	}
 	if _, err := c.api(ctx, http.MethodDelete, "/sandboxes/"+url.PathEscape(id), nil, nil, nil); err != nil {
 		return fmt.Errorf("kill sandbox %s: %w", id, err)
 	}

@@ -189,6 +189,9 @@ func (s *Sandbox) envdRequest(method, path string, q url.Values, user string) re
 // route a request there.
 func (c *Client) sandboxBase(id, domain string, port int) (string, http.Header) {
 	h := http.Header{}
+	if c.cfg.Debug && c.cfg.SandboxURL == "" {
+		return fmt.Sprintf("http://localhost:%d", port), h
+	}
 	if c.cfg.SandboxURL != "" {
 		h.Set("E2b-Sandbox-Id", id)
 		h.Set("E2b-Sandbox-Port", strconv.Itoa(port))
