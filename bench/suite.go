@@ -17,7 +17,7 @@ import (
 )
 
 // Phases of the suite, selectable with Config.Only.
-var Phases = []string{"create", "first", "exec", "compute", "files", "disk", "pause", "density", "baseline"}
+var Phases = []string{"create", "first", "exec", "compute", "files", "disk", "pause", "density", "codeinterp", "baseline"}
 
 // Config configures a run of the suite.
 type Config struct {
@@ -34,7 +34,10 @@ type Config struct {
 	// instead (then Runtimes is what it runs, one entry).
 	APIURL, ProxyURL, APIKey string
 	Template                 string
-	Only                     map[string]bool
+	// CodeInterpreterTemplate is the template of the codeinterp phase
+	// (default code-interpreter-v1).
+	CodeInterpreterTemplate string
+	Only                    map[string]bool
 	// ServerArgs are extra flags for the started servers (e.g. --debug).
 	ServerArgs []string
 
@@ -155,6 +158,7 @@ func runRuntime(ctx context.Context, cfg *Config, rep *Report, rt string) error 
 	for _, p := range []phase{
 		{"create", benchCreate}, {"first", benchFirst}, {"exec", benchExec}, {"compute", benchCompute},
 		{"files", benchFiles}, {"disk", benchDisk}, {"pause", benchPause}, {"density", benchDensity},
+		{"codeinterp", benchCodeInterpreter},
 	} {
 		if !cfg.want(p.name) || ctx.Err() != nil {
 			continue

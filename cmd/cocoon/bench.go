@@ -71,6 +71,7 @@ See bench/README.md for the method.`,
 	f.StringVar(&cfg.APIKey, "api-key", os.Getenv("E2B_API_KEY"), "API key for --api-url")
 	f.StringSliceVar(&cfg.ServerArgs, "server-args", nil, "extra flags for the started servers (e.g. --debug, to log where each create spends its time)")
 	f.StringVar(&cfg.Template, "template", "base", "template to create sandboxes from")
+	f.StringVar(&cfg.CodeInterpreterTemplate, "code-interpreter-template", "code-interpreter-v1", "template of the codeinterp phase (cocoon template build code-interpreter)")
 	f.IntVar(&cfg.Creates, "creates", 30, "sequential creates")
 	f.IntVar(&cfg.ConcurrentCreates, "concurrent-creates", 40, "creates spread over --concurrency clients, with --concurrent-for 0")
 	f.DurationVar(&cfg.ConcurrentFor, "concurrent-for", 30*time.Second, "how long the --concurrency clients keep creating (0: --concurrent-creates creates)")
