@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -70,7 +71,7 @@ func nodeAgent(f *fleetFlags, nodeListen, dataDir, token string, o *orchestrator
 			hb := fleet.Heartbeat{ID: o.NodeID(), URL: self, Runtimes: o.Runtimes(),
 				VCPUs: vcpus, MemoryMB: memMB, DiskMB: diskMB, Warm: o.WarmSize(), Base: base,
 				Sandboxes: load.Sandboxes, UsedVCPUs: load.UsedVCPUs, UsedMemoryMB: load.UsedMemoryMB,
-				Templates: load.Builds}
+				Templates: append(load.Builds, o.CustomTemplates()...)}
 			// The base build's artifacts are here too.
 			if base != nil && !slices.Contains(hb.Templates, base.BuildID) {
 				hb.Templates = append(hb.Templates, base.BuildID)
@@ -79,6 +80,17 @@ func nodeAgent(f *fleetFlags, nodeListen, dataDir, token string, o *orchestrator
 			return hb, nil
 		},
 	}), nil
+}
+
+// templateFetcher fetches the custom templates a node lacks from the nodes
+// the control plane names (docs/fleet.md); nil outside a fleet.
+func templateFetcher(f *fleetFlags, nodeID, token string) func(context.Context, string) (io.ReadCloser, error) {
+	if f.controlURL == "" {
+		return nil
+	}
+	tf := &fleet.TemplateFetcher{ControlURL: f.controlURL, NodeToken: token, NodeID: nodeID,
+		ArtifactPath: orchestrator.TemplatePath, HTTPClient: &http.Client{}}
+	return tf.FetchTemplate
 }
 
 // baseBuild describes tmpl, the node's base template, for the registry.

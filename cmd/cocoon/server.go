@@ -228,7 +228,8 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		o, err := orchestrator.New(ctx, orchestrator.Config{
 			NodeID: f.nodeID, DataDir: dataDir, Runtimes: n.runtimes, Default: n.def,
 			Slots: n.slots, Logger: log, Accel: n.accel, Reason: n.reason,
-			Metrics: nodeMetrics(reg, dataDir, &orch),
+			Metrics:       nodeMetrics(reg, dataDir, &orch),
+			FetchTemplate: templateFetcher(&f.fleet, f.nodeID, nodeToken),
 		})
 		if err != nil {
 			return err
@@ -251,6 +252,11 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		}
 		mux := http.NewServeMux()
 		mux.Handle(path, h)
+		tpath, th, err := orchestrator.NewTemplateHandler(o, nodeToken)
+		if err != nil {
+			return err
+		}
+		mux.Handle(tpath, th)
 		var ln net.Listener
 		if f.nodeListen != "" {
 			ln, err = net.Listen("tcp", f.nodeListen)
@@ -382,6 +388,7 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 				}
 				mux := http.NewServeMux()
 				mux.Handle(fleet.HeartbeatPath, registry.Handler())
+				mux.Handle(fleet.TemplateHoldersPath, registry.Handler())
 				mux.Handle(fleet.AdminNodesPath, registry.Handler())
 				mux.Handle(fleet.AdminNodesPath+"/", registry.Handler())
 				mux.Handle("/", h)
