@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/cocoon-run/cocoon/internal/gvisor"
+	"github.com/cocoon-run/cocoon/internal/template/guest"
 	"github.com/cocoon-run/cocoon/internal/vmm"
 )
 
@@ -19,12 +20,14 @@ type idRange struct {
 }
 
 // sandboxIDs are the host ids sandboxes run as (docs/decisions.md): the
-// gVisor sandboxes' user namespace range and one uid per slot for QEMU. No
-// account or subordinate id range of the host may hold them, or its owner
-// could signal, trace or read the sandboxes' processes and files.
+// gVisor sandboxes' user namespace range and one uid per slot for QEMU,
+// and the ids that own unpacked template trees. No account or subordinate
+// id range of the host may hold them, or its owner could signal, trace or
+// read the sandboxes' processes and files, or write template trees.
 var sandboxIDs = []idRange{
 	{"gVisor sandboxes", gvisor.DefaultHostID, gvisor.IDRange},
 	{"QEMU sandboxes", vmm.DefaultUIDBase, 65536},
+	{"template trees", guest.TreeHostID, guest.IDs},
 }
 
 // checkSandboxIDs reports every entry of etc/passwd, etc/group,

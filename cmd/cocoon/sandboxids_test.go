@@ -16,6 +16,7 @@ func TestCheckSandboxIDs(t *testing.T) {
 		{"user in the gVisor range", "passwd", "evil:x:1879048192:100::/:/bin/sh\n", "evil holds ids 1879048192-1879048192, in the gVisor sandboxes'"},
 		{"group in the QEMU range", "group", "g:x:1879113730:\n", "g holds ids 1879113730-1879113730, in the QEMU sandboxes'"},
 		{"subuid range across both", "subuid", "alice:1879000000:200000\n", "alice holds ids 1879000000-1879199999"},
+		{"group in the template trees' range", "group", "t:x:1879180264:\n", "t holds ids 1879180264-1879180264, in the template trees'"},
 		{"subgid below", "subgid", "bob:100000:65536\n", ""},
 		{"malformed lines ignored", "subuid", "x\n:::\nc:abc:1\n", ""},
 	} {

@@ -97,7 +97,9 @@ type Config struct {
 	// namespace whose root is host uid HostID, over an id-mapped,
 	// read-only view of the template tree (see idmap.go); that needs a
 	// filesystem with idmapped mounts (ext4, xfs, btrfs, tmpfs; Linux ≥ 6.3
-	// for tmpfs). Only the short-lived runsc commands run as root.
+	// for tmpfs). Only the short-lived runsc commands run as root. As
+	// root, trees unpacked onto shifted ids (guest.TreeHostID: template
+	// builds, images) are still served through an id-mapped view.
 	AsRoot bool
 	// HostID is the first host uid and gid of the sandboxes' id range
 	// (IDRange ids); 0 means DefaultHostID.
@@ -125,7 +127,8 @@ type Driver struct {
 	// preparation, the pool's warm-up). No keep-alives: a connection left
 	// open would be in the checkpoint, or in the slot's next sandbox.
 	envd *http.Client
-	// ids is the id-mapped view of template trees; nil with AsRoot.
+	// ids is the id-mapped view of template trees (AsRoot: of those
+	// unpacked onto shifted ids only); nil serves trees as they are.
 	ids *idmap
 }
 
@@ -168,10 +171,10 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		cfg.IO = runtime.DefaultIOLimit
 	}
 	d := &Driver{cfg: cfg, envd: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}
-	if !cfg.AsRoot {
-		d.ids = newIDMap(cfg.HostID, cfg.StateDir)
-		d.sweepViews(ctx)
-	}
+	// As root too: a tree unpacked onto shifted ids needs a view that maps
+	// them back (guest.TreeHostID).
+	d.ids = newIDMap(d.hostID(), cfg.StateDir)
+	d.sweepViews(ctx)
 	return d, nil
 }
 
@@ -196,7 +199,7 @@ func (d *Driver) sweepViews(ctx context.Context) {
 
 // hostID is the host uid of the sandboxes' root; 0 when they run as root.
 func (d *Driver) hostID() uint32 {
-	if d.ids == nil {
+	if d.cfg.AsRoot {
 		return 0
 	}
 	return d.cfg.HostID

@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cocoon-run/cocoon/internal/template/guest"
 )
 
 // DefaultHostID is the first host uid and gid of the sandboxes' id range:
@@ -30,39 +32,41 @@ const IDRange = 65536
 const rootsBase = "/run/cocoon-gvisor"
 
 // idmap makes, for each container, a read-only id-mapped view of its
-// template tree in which the tree's host ids 0..IDRange-1 appear as
+// template tree in which the tree's host ids base..base+IDRange-1 appear as
 // hostID..hostID+IDRange-1, so that the gofer and the sentry, root in a user
 // namespace mapping 0 to hostID, see the files with their owners and can
 // read them, without the tree being chowned or anything in it being
-// writable by them.
+// writable by them. base is the tree's guest root (guest.TreeBase): 0 for
+// the base template, guest.TreeHostID for trees unpacked from builds and
+// images. With hostID 0 (sandboxes as root) only shifted trees need a view.
 type idmap struct {
 	hostID uint32
 	dir    string // rootsBase/<hash of the state dir>
 
 	mu     sync.Mutex
-	userns *os.File // a user namespace with the mapping; opened once
+	userns map[uint32]*os.File // a user namespace per tree base; opened once
 }
 
 func newIDMap(hostID uint32, stateDir string) *idmap {
 	h := sha256.Sum256([]byte(stateDir))
-	return &idmap{hostID: hostID, dir: filepath.Join(rootsBase, hex.EncodeToString(h[:6]))}
+	return &idmap{hostID: hostID, dir: filepath.Join(rootsBase, hex.EncodeToString(h[:6])), userns: map[uint32]*os.File{}}
 }
 
 // path is where container id's view is mounted.
 func (m *idmap) path(id string) string { return filepath.Join(m.dir, id) }
 
-// usernsFile returns an fd of a user namespace mapping 0..IDRange-1 to
-// hostID.., creating it the first time: a child process is started in a
+// usernsFile returns an fd of a user namespace mapping base..base+IDRange-1
+// to hostID.., creating it the first time: a child process is started in a
 // new user namespace with the mappings, stopped by ptrace before it runs
 // anything, and its namespace opened before it is killed. (A Go process
 // has threads and cannot unshare a user namespace itself.)
-func (m *idmap) usernsFile(exe string) (*os.File, error) {
+func (m *idmap) usernsFile(exe string, base uint32) (*os.File, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.userns != nil {
-		return m.userns, nil
+	if f := m.userns[base]; f != nil {
+		return f, nil
 	}
-	ids := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(m.hostID), Size: IDRange}}
+	ids := []syscall.SysProcIDMap{{ContainerID: int(base), HostID: int(m.hostID), Size: IDRange}}
 	cmd := exec.Command(exe)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags:  syscall.CLONE_NEWUSER,
@@ -81,15 +85,23 @@ func (m *idmap) usernsFile(exe string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open user namespace: %w", err)
 	}
-	m.userns = f
+	m.userns[base] = f
 	return f, nil
 }
 
 // mount mounts a read-only id-mapped view of rootfs for container id and
-// returns its path. Read-only also guards the template: removing the
-// sandbox's files can never reach through the mount into it.
+// returns its path (rootfs itself when the driver runs sandboxes as root
+// and rootfs is owned by host root). Read-only also guards the template:
+// removing the sandbox's files can never reach through the mount into it.
 func (m *idmap) mount(exe, id, rootfs string) (string, error) {
-	userns, err := m.usernsFile(exe)
+	base, err := guest.TreeBase(rootfs)
+	if err != nil {
+		return "", err
+	}
+	if base == 0 && m.hostID == 0 {
+		return rootfs, nil
+	}
+	userns, err := m.usernsFile(exe, base)
 	if err != nil {
 		return "", err
 	}

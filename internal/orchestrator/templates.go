@@ -293,15 +293,13 @@ func (o *Orchestrator) exportSandbox(ctx context.Context, id, tree string, maxBy
 	done := make(chan error, 1)
 	go func() {
 		skipped := 0
-		err := oci.Extract(pr, tree, oci.ExtractOptions{MaxBytes: maxBytes, Skipped: func(name, why string) {
+		// Unpacked by an unprivileged child onto the trees' id range (issue
+		// 18: as root, a setuid-root copy of bash ran as root for nobody).
+		err := oci.ExtractAs(ctx, pr, tree, guest.TreeHostID, oci.ExtractOptions{MaxBytes: maxBytes, Skipped: func(name, why string) {
 			if skipped++; skipped <= 10 {
 				progress(fmt.Sprintf("rootfs: left out %s (%s)", name, why))
 			}
 		}})
-		if err == nil {
-			// tar pads its last record with zeros after the end marker.
-			_, _ = io.Copy(io.Discard, pr)
-		}
 		pr.CloseWithError(err)
 		done <- err
 	}()
@@ -322,27 +320,64 @@ func (o *Orchestrator) exportSandbox(ctx context.Context, id, tree string, maxBy
 	if err != nil {
 		return fmt.Errorf("export build sandbox: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
-	for _, d := range []string{"proc", "sys", "dev", "run", "tmp"} {
-		_ = os.MkdirAll(filepath.Join(tree, d), 0o755)
+	return guestDirs(tree)
+}
+
+// guestDirs makes proc, sys, dev, run and tmp (whose contents the export
+// leaves out) real directories of tree, owned by the guest's root, and tmp
+// 1777. It works through an os.Root: the tree is the tenant's, and
+// following its tmp, a link to /etc, made the host's /etc world-writable.
+func guestDirs(tree string) error {
+	root, err := os.OpenRoot(tree)
+	if err != nil {
+		return err
 	}
-	_ = os.Chmod(filepath.Join(tree, "tmp"), 0o777|os.ModeSticky)
-	return nil
+	defer root.Close()
+	owner, err := guest.TreeBase(tree)
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{"proc", "sys", "dev", "run", "tmp"} {
+		if fi, err := root.Lstat(d); err == nil && fi.IsDir() {
+			continue
+		} else if err == nil {
+			if err := root.Remove(d); err != nil {
+				return fmt.Errorf("rootfs: replace %s: %w", d, err)
+			}
+		}
+		if err := root.Mkdir(d, 0o755); err != nil {
+			return fmt.Errorf("rootfs: %w", err)
+		}
+		if err := root.Lchown(d, int(owner), int(owner)); err != nil {
+			return fmt.Errorf("rootfs: %w", err)
+		}
+	}
+	return root.Chmod("tmp", 0o777|os.ModeSticky)
 }
 
 // profilePath is where a template's environment lives in its tree.
-func profilePath(tree string) string {
-	return filepath.Join(tree, "etc", "profile.d", "cocoon-template.sh")
-}
+const profilePath = "etc/profile.d/cocoon-template.sh"
 
 // writeProfile records the template's environment for login shells: env
 // over what the tree's profile already holds (the parent layer's ENV, or
-// an image's configured environment).
+// an image's configured environment). The tree is the tenant's: it reads
+// and writes through an os.Root (no link leads out), and what it creates
+// belongs to the guest's root.
 func writeProfile(tree string, env map[string]string) error {
 	if len(env) == 0 {
 		return nil
 	}
+	root, err := os.OpenRoot(tree)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	owner, err := guest.TreeBase(tree)
+	if err != nil {
+		return err
+	}
 	env = maps.Clone(env)
-	for k, v := range readProfile(tree) {
+	for k, v := range readProfileIn(root) {
 		if _, ok := env[k]; !ok {
 			env[k] = v
 		}
@@ -360,18 +395,35 @@ func writeProfile(tree string, env map[string]string) error {
 		}
 		fmt.Fprintf(&b, "export %s='%s'\n", k, strings.ReplaceAll(env[k], "'", `'\''`))
 	}
-	p := profilePath(tree)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+	for _, d := range []string{"etc", filepath.Dir(profilePath)} {
+		if err := root.Mkdir(d, 0o755); err == nil {
+			if err := root.Lchown(d, int(owner), int(owner)); err != nil {
+				return err
+			}
+		} else if !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	}
+	_ = root.Remove(profilePath)
+	if err := root.WriteFile(profilePath, []byte(b.String()), 0o644); err != nil {
 		return err
 	}
-	_ = os.Remove(p)
-	return os.WriteFile(p, []byte(b.String()), 0o644)
+	return root.Lchown(profilePath, int(owner), int(owner))
 }
 
 // readProfile reads back what writeProfile wrote: export K='v' lines, with
 // ' written as '\”. A missing file is an empty environment.
 func readProfile(tree string) map[string]string {
-	b, err := os.ReadFile(profilePath(tree))
+	root, err := os.OpenRoot(tree)
+	if err != nil {
+		return nil
+	}
+	defer root.Close()
+	return readProfileIn(root)
+}
+
+func readProfileIn(root *os.Root) map[string]string {
+	b, err := root.ReadFile(profilePath)
 	if err != nil {
 		return nil
 	}

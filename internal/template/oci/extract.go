@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cocoon-run/cocoon/internal/template/guest"
 )
 
 // ErrUnsafe marks an archive entry that would write outside the target
@@ -52,6 +54,10 @@ type ExtractOptions struct {
 	// Skipped (optional) is told about each entry left out: device nodes,
 	// FIFOs and sockets are never created on the host.
 	Skipped func(name, why string)
+
+	// inTreeNS: the extraction runs in ExtractAs's child, where only the
+	// guest's ids exist.
+	inTreeNS bool
 }
 
 // Extract unpacks the tar stream r into dir as untrusted input, keeping
@@ -213,12 +219,18 @@ func (x *extractor) charge(n int64) error {
 	return nil
 }
 
-// ownerID maps an archive's uid or gid to the one the host tree keeps.
-func ownerID(id int) int {
-	if id < 0 || id > MaxID {
-		return OverflowID
+// ownerID maps an archive's uid or gid to the one the host tree keeps:
+// a guest's (0..MaxID), or, unless the extraction runs in a tree's user
+// namespace (ExtractAs), one of guest.TreeHostID's range as it stands: a
+// tree ExtractAs made, moving between nodes.
+func (x *extractor) ownerID(id int) int {
+	switch {
+	case id >= 0 && id <= MaxID:
+		return id
+	case !x.opts.inTreeNS && id >= guest.TreeHostID && id < guest.TreeHostID+guest.IDs:
+		return id
 	}
-	return id
+	return OverflowID
 }
 
 func (x *extractor) skip(name, why string) error {
@@ -243,7 +255,7 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 	if rel == "" {
 		if h.Typeflag == tar.TypeDir && !x.opts.NoOwner {
 			_ = x.root.Chmod(".", os.FileMode(h.Mode)&os.ModePerm|modeBits(h.Mode))
-			_ = x.root.Lchown(".", ownerID(h.Uid), ownerID(h.Gid))
+			_ = x.root.Lchown(".", x.ownerID(h.Uid), x.ownerID(h.Gid))
 		}
 		return nil
 	}
@@ -324,7 +336,7 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		return x.skip(rel, fmt.Sprintf("entry type %q", h.Typeflag))
 	}
 	if !x.opts.NoOwner {
-		if err := x.root.Lchown(rel, ownerID(h.Uid), ownerID(h.Gid)); err != nil {
+		if err := x.root.Lchown(rel, x.ownerID(h.Uid), x.ownerID(h.Gid)); err != nil {
 			return fmt.Errorf("extract: chown %s: %w", rel, err)
 		}
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"github.com/cocoon-run/cocoon/internal/template/guest"
 	"github.com/cocoon-run/cocoon/internal/template/rootfs"
 )
 
@@ -80,12 +81,13 @@ func Pull(ctx context.Context, ref Ref) (v1.Image, string, error) {
 // Flatten extracts img's layers, lowest first, into dir, applying
 // whiteouts. logf (optional) is told about each layer.
 func Flatten(ctx context.Context, img v1.Image, dir string, logf func(string, ...any)) error {
-	return flatten(ctx, img, dir, 0, logf)
+	return flatten(ctx, img, dir, 0, 0, logf)
 }
 
 // flatten is Flatten with a cap on the layers' file data, all layers
-// together (0: none).
-func flatten(ctx context.Context, img v1.Image, dir string, maxBytes int64, logf func(string, ...any)) error {
+// together (0: none), unprivileged (ExtractAs) onto hostID's id range
+// unless hostID is 0.
+func flatten(ctx context.Context, img v1.Image, dir string, hostID uint32, maxBytes int64, logf func(string, ...any)) error {
 	var counted int64
 	layers, err := img.Layers()
 	if err != nil {
@@ -104,7 +106,12 @@ func flatten(ctx context.Context, img v1.Image, dir string, maxBytes int64, logf
 		if err != nil {
 			return fmt.Errorf("flatten: layer %d: %w", i+1, err)
 		}
-		err = Extract(rc, dir, ExtractOptions{Whiteouts: true, MaxBytes: maxBytes, Counted: &counted})
+		opts := ExtractOptions{Whiteouts: true, MaxBytes: maxBytes, Counted: &counted}
+		if hostID != 0 {
+			err = ExtractAs(ctx, rc, dir, hostID, opts)
+		} else {
+			err = Extract(rc, dir, opts)
+		}
 		rc.Close()
 		if err != nil {
 			return fmt.Errorf("flatten: layer %d: %w", i+1, err)
@@ -133,7 +140,10 @@ func ImageConfig(img v1.Image) (Config, error) {
 }
 
 // Import pulls ref and builds a Cocoon root filesystem tree from it in dir:
-// the flattened image, the user account and the Cocoon guest pieces.
+// the flattened image, the user account and the Cocoon guest pieces. The
+// image is the tenant's: its layers are unpacked and the tree prepared by
+// unprivileged children (ExtractAs, PrepareAs), owned by the ids from
+// guest.TreeHostID on.
 func Import(ctx context.Context, ref Ref, dir string, g rootfs.Guest, logf func(string, ...any)) (Config, string, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -144,14 +154,14 @@ func Import(ctx context.Context, ref Ref, dir string, g rootfs.Guest, logf func(
 		return Config{}, "", err
 	}
 	logf("image %s", digest)
-	if err := flatten(ctx, img, dir, ref.MaxBytes, logf); err != nil {
+	if err := flatten(ctx, img, dir, guest.TreeHostID, ref.MaxBytes, logf); err != nil {
 		return Config{}, "", err
 	}
 	cfg, err := ImageConfig(img)
 	if err != nil {
 		return Config{}, "", err
 	}
-	if err := Prepare(ctx, dir, g); err != nil {
+	if err := PrepareAs(ctx, dir, guest.TreeHostID, g); err != nil {
 		return Config{}, "", err
 	}
 	return cfg, digest, nil

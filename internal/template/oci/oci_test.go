@@ -139,12 +139,14 @@ func TestImport(t *testing.T) {
 			if cfg.User != "app" || cfg.WorkingDir != "/srv" || len(cfg.Env) != 2 || strings.Join(cfg.Cmd, " ") != "/bin/sh -c sleep 1" {
 				t.Errorf("config: got %+v", cfg)
 			}
-			checkImportedTree(t, dir)
+			checkImportedTree(t, dir, guest.TreeHostID)
 		})
 	}
 }
 
-func checkImportedTree(t *testing.T, dir string) {
+// checkImportedTree checks an imported tree whose guest root is host id
+// base (Import unpacks onto guest.TreeHostID).
+func checkImportedTree(t *testing.T, dir string, base uint32) {
 	t.Helper()
 	read := func(p string) string {
 		b, err := os.ReadFile(filepath.Join(dir, p))
@@ -177,6 +179,10 @@ func checkImportedTree(t *testing.T, dir string) {
 		{Path: strings.TrimPrefix(guest.InitPath, "/"), Mode: 0o755, UID: 0, GID: 0},
 		{Path: "usr/bin/tini", Mode: 0o755, UID: 0, GID: 0},
 		{Path: "etc/sudoers.d/user", Mode: 0o440, UID: 0, GID: 0},
+	}
+	for i := range modes {
+		modes[i].UID += base
+		modes[i].GID += base
 	}
 	ocitest.CheckFiles(t, dir, modes)
 	if l, _ := os.Readlink(filepath.Join(dir, "bin/ls")); l != "/bin/busybox" {

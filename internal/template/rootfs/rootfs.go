@@ -398,9 +398,47 @@ func MakeExt4(ctx context.Context, tree, out string, sizeMB int) error {
 	if err != nil {
 		return fmt.Errorf("mkfs: %w", err)
 	}
+	hostID, err := guest.TreeBase(tree)
+	if err != nil {
+		return fmt.Errorf("mkfs: %w", err)
+	}
 	// -m 1: a sandbox's user wants the space; -E root_owner: / belongs to root.
-	return runLogged(ctx, nil, "mkfs.ext4", "-q", "-F", "-L", guest.RootLabel, "-m", "1",
-		"-E", "root_owner=0:0", "-d", tree, out)
+	args := []string{"-q", "-F", "-L", guest.RootLabel, "-m", "1", "-E", "root_owner=0:0", "-d", tree, out}
+	if hostID == 0 {
+		return runLogged(ctx, nil, "mkfs.ext4", args...)
+	}
+	// A tree unpacked onto shifted ids (oci.ExtractAs): mkfs.ext4 copies
+	// the owners it sees, so it runs as root of a user namespace mapping
+	// them back to 0..guest.IDs-1, with the tree and the image as
+	// descriptors (it has no search permission on the data dir).
+	d, err := os.Open(tree)
+	if err != nil {
+		return fmt.Errorf("mkfs: %w", err)
+	}
+	defer d.Close()
+	img, err := os.OpenFile(out, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("mkfs: %w", err)
+	}
+	defer img.Close()
+	// mkfs.ext4 opens the image again through its descriptor's path: the
+	// image is the namespace root's while it writes it, root's again after.
+	if err := img.Chown(int(hostID), int(hostID)); err != nil {
+		return fmt.Errorf("mkfs: %w", err)
+	}
+	args[len(args)-2], args[len(args)-1] = "/proc/self/fd/3", "/proc/self/fd/4"
+	cmd := exec.CommandContext(ctx, "mkfs.ext4", args...)
+	cmd.Dir = "/"
+	cmd.ExtraFiles = []*os.File{d, img}
+	cmd.SysProcAttr = guest.TreeUserNS(hostID)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mkfs.ext4: %w: %s", err, bytes.TrimSpace(b))
+	}
+	if err := img.Chown(0, 0); err != nil {
+		return fmt.Errorf("mkfs: %w", err)
+	}
+	return nil
 }
 
 // runLogged runs a command, passing its output lines to logf (if any) and
