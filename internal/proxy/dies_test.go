@@ -49,6 +49,7 @@ func TestSandboxDiesMidRequest(t *testing.T) {
 		gone   bool     // the sandbox's port refuses before the request
 		stream bool     // the sandbox answers with a stream, then dies
 		fail   bool     // the sandbox dies by Fail, not by a cut connection
+		idle   bool     // the client sends no more of its body after the death
 		want   []string // the reason, any of
 	}{
 		{name: "port refuses", gone: true, want: []string{"connection refused"}},
@@ -56,6 +57,9 @@ func TestSandboxDiesMidRequest(t *testing.T) {
 		// it was writing the body when the connection went.
 		{name: "connection cut mid-request", want: []string{"the connection closed before an answer", "connection reset by peer"}},
 		{name: "Fail mid-request", fail: true, want: []string{"killed by the test"}},
+		// A partial upload whose client waits (it hung until the client
+		// sent the rest of its body, or for ever).
+		{name: "Fail mid-request, the client idle", fail: true, idle: true, want: []string{"killed by the test"}},
 		{name: "connection cut mid-stream", stream: true},
 		{name: "Fail mid-stream", stream: true, fail: true},
 	}
@@ -148,8 +152,12 @@ func TestSandboxDiesMidRequest(t *testing.T) {
 					dieNow()
 				}
 			}
-			// The client goes on sending its body, as an upload does.
-			fmt.Fprint(conn, "again")
+			// The client goes on sending its body, as an upload does, or
+			// waits.
+			t0 := time.Now()
+			if !tt.idle {
+				fmt.Fprint(conn, "again")
+			}
 			if tt.stream {
 				if _, err := io.Copy(io.Discard, resp.Body); err == nil {
 					t.Error("the stream ended cleanly after its sandbox died; want an error")
@@ -160,6 +168,9 @@ func TestSandboxDiesMidRequest(t *testing.T) {
 					t.Fatal(err)
 				}
 				body, _ := io.ReadAll(resp.Body)
+				if took := time.Since(t0); tt.idle && took > 2*time.Second {
+					t.Errorf("the idle client got its answer %v after the death, want at once", took)
+				}
 				var e struct {
 					Code    int    `json:"code"`
 					Message string `json:"message"`

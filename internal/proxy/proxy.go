@@ -315,6 +315,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = rc.EnableFullDuplex()
 	if tgt.body != nil {
 		defer tgt.body.stop(rc) // on a panic too (ReverseProxy aborts a broken stream with one)
+		defer tgt.body.stopWhenDone(ctx, rc)()
 	}
 	p.rp.ServeHTTP(w, out)
 }
@@ -359,13 +360,46 @@ func (b *requestBody) Read(p []byte) (int, error) {
 // connection closes after such a response: the body was not read to its end).
 func (b *requestBody) stop(rc *http.ResponseController) {
 	b.stopped.Store(true)
-	if b.mu.TryLock() {
-		b.mu.Unlock()
+	if !b.mu.TryLock() {
+		_ = rc.SetReadDeadline(time.Now())
+		b.mu.Lock()
+	}
+	defer b.mu.Unlock()
+	if b.done.Load() {
 		return
 	}
-	_ = rc.SetReadDeadline(time.Now())
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	// What the client still sends is then read and dropped for a moment
+	// (net/http drains a short rest of a body after the handler): a
+	// connection closed on unread data resets, and a reset can cost the
+	// client the answer. A client that sends nothing more is not waited
+	// for longer than that (the drain waited for it for ever).
+	_ = rc.SetReadDeadline(time.Now().Add(drainAfterStop))
+}
+
+// drainAfterStop is how long the rest of a stopped body is read, like
+// net/http's wait before it closes a connection it did not read to the end.
+const drainAfterStop = 500 * time.Millisecond
+
+// stopWhenDone stops the body's reads as soon as ctx ends (Fail, or the
+// client went away), and returns the function that undoes that, waiting
+// for a stop under way: the handler calls it before it returns, after
+// which the connection may serve another request. Without it a request
+// Fail ended hung while its client was slow to send the rest of its body,
+// or idle: the transport returns only once its body writer has stopped
+// (net/http's mapRoundTripError waits for the write loop), and the writer
+// was waiting for the client (TestSandboxDiesMidRequest: 10 s, for ever
+// in production, instead of at once).
+func (b *requestBody) stopWhenDone(ctx context.Context, rc *http.ResponseController) func() {
+	stopped := make(chan struct{})
+	cancel := context.AfterFunc(ctx, func() {
+		defer close(stopped)
+		b.stop(rc)
+	})
+	return func() {
+		if !cancel() {
+			<-stopped
+		}
+	}
 }
 
 // closeUnlessRead sets "Connection: close" on a response that starts
