@@ -284,6 +284,7 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 		apiSrv   *api.Server
 		registry *fleet.Registry
 		px       *proxy.Proxy
+		routes   *fleet.RouteWatch // a fleet's proxy without an api
 	)
 	if withAPI || withProxy {
 		dsn := f.db
@@ -349,6 +350,8 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 				OnNodeUp: func(id string) {
 					if withAPI {
 						apiSrv.WatchNode(ctx, id)
+					} else if routes != nil {
+						routes.Watch(ctx, id)
 					}
 				},
 				OnLost: func(id, reason string) {
@@ -406,7 +409,16 @@ func runServer(ctx context.Context, g *globalFlags, f *serverFlags, withAPI, wit
 			return fmt.Errorf("proxy listener: %w", err)
 		}
 		pm := proxyMetrics(reg)
-		px = proxy.New(resolver{apiSrv}, f.domain, log).Observe(pm)
+		var res proxy.Resolver = resolver{apiSrv}
+		if registry != nil && !withAPI {
+			// A fleet's proxy keeps routes in memory; the nodes' events
+			// drop them (docs/fleet.md).
+			cache := proxy.NewRouteCache(res, proxy.DefaultRouteTTL)
+			res = cache
+			routes = &fleet.RouteWatch{Registry: registry, Resync: cache.Clear, Logger: log,
+				Died: func(id, reason string) { px.Fail(id, reason) }, Gone: func(id string) { px.Drop(id) }}
+		}
+		px = proxy.New(res, f.domain, log).Observe(pm)
 		// A sandbox found dead fails its proxied requests at once.
 		apiSrv.OnDeath(px.Fail)
 		serve("proxy", ln, pm.Handler(px.Limit(proxy.DefaultMaxInFlight)))

@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 
 	orchestratorv1 "github.com/cocoon-run/cocoon/api/gen/cocoon/orchestrator/v1"
+	"github.com/cocoon-run/cocoon/internal/runtime"
 	"github.com/cocoon-run/cocoon/internal/store"
 )
 
@@ -85,7 +86,9 @@ func (s *Server) watchOnce(ctx context.Context, node string) error {
 			}()
 		}
 		n := stream.Msg().GetSandbox()
-		if n.GetState() == orchestratorv1.State_STATE_DEAD {
+		// Kills and pauses come too, for the proxies' routes; a kill was
+		// asked for (by this api or another replica), not a death.
+		if n.GetState() == orchestratorv1.State_STATE_DEAD && n.GetDetail() != runtime.ReasonKilled {
 			s.sandboxDied(ctx, n.GetSandboxId(), node, n.GetDetail())
 		}
 	}

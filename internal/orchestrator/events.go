@@ -2,8 +2,10 @@ package orchestrator
 
 import "sync"
 
-// events fans sandbox state changes the node did not start itself (a
-// sandbox died) out to the node's watchers (the Watch RPC). A watcher that
+// events fans sandbox state changes out to the node's watchers (the Watch
+// RPC): deaths the node did not start itself, and kills (detail
+// runtime.ReasonKilled) and pauses on request, after which the sandbox's
+// address is no longer its own. A watcher that
 // does not keep up loses events rather than stalling the node; reconcile
 // still settles what it missed.
 type events struct {
@@ -38,6 +40,7 @@ func (ev *events) publish(sb Sandbox) {
 	}
 }
 
-// Subscribe returns the node's sandbox events (deaths) as they happen, and
+// Subscribe returns the node's sandbox events (deaths, kills, pauses) as
+// they happen, and
 // the function that ends the subscription.
 func (o *Orchestrator) Subscribe() (<-chan Sandbox, func()) { return o.events.subscribe() }

@@ -574,6 +574,8 @@ func (o *Orchestrator) Pause(ctx context.Context, id string) (Sandbox, error) {
 		return e.sb, fmt.Errorf("pause: %w", err)
 	}
 	e.inst = nil
+	// Its address goes back to the pool: routes to it go first.
+	o.events.publish(Sandbox{ID: id, State: StatePaused})
 	if err := o.finishPause(ctx, &e.sb); err != nil {
 		return e.sb, err
 	}
@@ -630,6 +632,11 @@ func (o *Orchestrator) Kill(ctx context.Context, id string, deleteSnapshot bool)
 		e.mu.Lock()
 		inst := e.inst
 		e.inst = nil
+		if inst != nil {
+			// Before the slot can go to another sandbox: routes to this
+			// address must go first (a fleet's proxies cache them).
+			o.events.publish(Sandbox{ID: id, State: StateDead, Detail: runtime.ReasonKilled})
+		}
 		e.sb.State = StateDead
 		if inst != nil {
 			if err := inst.Kill(ctx); err != nil {

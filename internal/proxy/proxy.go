@@ -109,6 +109,7 @@ func (p *Proxy) Fail(id, reason string) {
 	flights := p.inflight[id]
 	delete(p.inflight, id)
 	p.mu.Unlock()
+	p.invalidate(id)
 	for f := range flights {
 		f.cancel(err)
 	}
@@ -215,6 +216,7 @@ func New(r Resolver, domain string, log *slog.Logger) *Proxy {
 				return
 			}
 			t := r.Context().Value(targetKey{}).(target)
+			p.invalidate(t.id) // the route may be stale: read it again
 			p.log.Debug("proxy upstream error", "sandbox", t.id, "err", err)
 			p.fail(w, "upstream", http.StatusBadGateway, fmt.Sprintf("sandbox %q did not answer on port %d: %s", t.id, t.port, upstreamReason(err, t)))
 		},

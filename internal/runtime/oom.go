@@ -16,6 +16,11 @@ const ReasonOOM = "out of memory"
 // reason it could tell.
 const ReasonExited = "runtime exited"
 
+// ReasonKilled is the detail of a node's event for a sandbox killed on
+// request (not a death): watchers that route to sandboxes (a fleet's
+// proxies) drop their route; the api, which asked for the kill, ignores it.
+const ReasonKilled = "killed"
+
 // OOMKills returns how many processes the kernel's OOM killer killed in the
 // memory cgroup rel (a path like "/cocoon-gvisor/<id>"): the oom_kill
 // counter of memory.events (cgroup v2) or memory.oom_control (v1). It
