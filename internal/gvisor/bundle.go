@@ -118,9 +118,10 @@ type ociCPU struct {
 	Period uint64 `json:"period"`
 }
 
-// envdArgs is the sandbox's init: tini reaps orphans (-s: as a subreaper)
-// and forwards signals to envd.
-var envdArgs = []string{"/usr/bin/tini", "-s", "--", "/usr/local/bin/envd"}
+// envdArgs is the sandbox's init: envd itself, PID 1, which reaps orphans
+// (envd/reaper). Under tini as PID 1, a root user's `kill -9 -1` killed
+// envd (kill -1 spares only PID 1 and the caller) and the sandbox died.
+var envdArgs = []string{"/usr/local/bin/envd"}
 
 // cpuPeriod is the CFS period of the CPU limit, at its maximum (1 s): the
 // quota is VCPUs × period, so the average limit is the same as with the

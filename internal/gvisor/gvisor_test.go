@@ -80,8 +80,7 @@ func setup() (*fixture, error) {
 	}
 	f := &fixture{runsc: runsc}
 
-	// The test envd serves /health and a few test endpoints; a copy named
-	// tini stands in for tini in the minimal rootfs.
+	// The test envd serves /health and a few test endpoints.
 	tmp, err := os.MkdirTemp("", "gvt-fixture-")
 	if err != nil {
 		return nil, err
@@ -110,9 +109,6 @@ func setup() (*fixture, error) {
 		}
 	}
 	if err := copyFile(envd, filepath.Join(f.rootfs, "usr/local/bin/envd")); err != nil {
-		return nil, err
-	}
-	if err := copyFile(envd, filepath.Join(f.rootfs, "usr/bin/tini")); err != nil {
 		return nil, err
 	}
 	return f, nil

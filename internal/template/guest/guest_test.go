@@ -62,7 +62,7 @@ func TestScripts(t *testing.T) {
 		{"initramfs switches to cocoon-init", initrd, "init=" + InitPath},
 		{"initramfs root", initrd, "root=" + RootDevice},
 		{"cocoon-init marker", cocoon, `echo "` + ReadyMarker + `"`},
-		{"cocoon-init runs envd under tini", cocoon, "exec tini -s -- " + EnvdPath},
+		{"cocoon-init execs envd as PID 1", cocoon, "exec " + EnvdPath + "\n"},
 		{"cocoon-init default ip", cocoon, "ip=169.254.0.21/30"},
 		{"cocoon-init default gw", cocoon, "gw=169.254.0.22"},
 	}

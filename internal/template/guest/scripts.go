@@ -55,12 +55,14 @@ exec switch_root /newroot "$init"
 `
 
 // cocoonInit is the guest init of a microVM (PID 1 after switch_root).
-// Under gVisor it is not used: the OCI process runs tini and envd directly.
+// Under gVisor it is not used: the OCI process is envd itself. Either way
+// envd ends up PID 1 and reaps orphans (envd/reaper): kill -9 -1 inside
+// spares it, and the kernel's OOM killer never picks it.
 const cocoonInit = `#!/bin/sh
 # cocoon-init: PID 1 of a Cocoon microVM guest. Mounts the kernel
 # filesystems, sets the hostname and network from the kernel command line
 # (cocoon.hostname=, cocoon.ip=ADDR/LEN, cocoon.gw=, cocoon.dns=) and execs
-# envd under tini.
+# envd, which stays PID 1 and reaps orphans.
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 umask 022
@@ -111,7 +113,7 @@ fi
 [ -n "$dns" ] && printf 'nameserver %s\n' "$dns" >/etc/resolv.conf
 
 echo "@READY@"
-exec tini -s -- @ENVD@
+exec @ENVD@
 `
 
 // InitramfsInit returns the initramfs /init script that loads modules

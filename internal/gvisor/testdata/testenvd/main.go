@@ -1,7 +1,6 @@
 // Command testenvd is a stand-in for envd in the gVisor driver's tests, for
 // when no Debian rootfs and no real envd are available. Installed as
-// /usr/local/bin/envd it serves on :49983; installed as /usr/bin/tini it
-// execs the command after "--", like tini does.
+// /usr/local/bin/envd it serves on :49983.
 package main
 
 import (
@@ -18,15 +17,6 @@ import (
 )
 
 func main() {
-	if filepath.Base(os.Args[0]) == "tini" {
-		for i, a := range os.Args {
-			if a == "--" && i+1 < len(os.Args) {
-				err := syscall.Exec(os.Args[i+1], os.Args[i+1:], os.Environ())
-				log.Fatalf("exec %s: %v", os.Args[i+1], err)
-			}
-		}
-		log.Fatal("tini: no command")
-	}
 	if len(os.Args) > 1 && os.Args[1] == "sleeper" {
 		time.Sleep(time.Hour)
 		return
