@@ -106,14 +106,15 @@ func Debootstrap(ctx context.Context, cacheRoot string, d Debian, logf Logf) (st
 type Guest struct {
 	// EnvdPath is a static envd binary, installed at guest.EnvdPath.
 	EnvdPath string
-	// TiniPath is a static tini, installed as /usr/bin/tini (the gVisor
-	// runtime's init) in trees that lack one, such as imported images.
+	// TiniPath is a static tini, installed as /usr/bin/tini in trees that
+	// lack one, such as imported images (no longer any runtime's init:
+	// envd is PID 1).
 	// Customize does not use it; oci.Prepare does.
 	TiniPath string
 }
 
 // customizeFormat versions Customize; bump it whenever Customize changes.
-const customizeFormat = "2"
+const customizeFormat = "3"
 
 // Build returns the customized tree for (base, g) under
 // <cacheRoot>/rootfs/<key>/rootfs; baseKey identifies base's contents.
@@ -305,8 +306,9 @@ var hosts = "127.0.0.1\tlocalhost\n127.0.1.1\t" + guest.DefaultHostname + "\n::1
 
 // Customize adds Cocoon's pieces to a Debian tree in place: the user
 // "user" (uid 1000, passwordless sudo), envd, cocoon-init, hostname, hosts
-// and resolv.conf. The tree works both as a microVM root (cocoon-init is
-// PID 1) and as a gVisor root (tini runs envd directly).
+// and resolv.conf, and login scripts that fork nothing (loginEdits). The
+// tree works both as a microVM root (cocoon-init execs envd as PID 1) and
+// as a gVisor root (envd is the OCI process, PID 1).
 func Customize(ctx context.Context, tree string, g Guest) error {
 	if _, err := os.Stat(filepath.Join(tree, "etc", "passwd")); err != nil {
 		return fmt.Errorf("customize: not a root filesystem: %w", err)
@@ -343,6 +345,9 @@ func Customize(ctx context.Context, tree string, g Guest) error {
 		return fmt.Errorf("customize: envd: %w", err)
 	}
 	if err := writeFile(filepath.Join(tree, strings.TrimPrefix(guest.EnvdPath, "/")), envd, 0o755); err != nil {
+		return fmt.Errorf("customize: %w", err)
+	}
+	if err := quickLogin(tree); err != nil {
 		return fmt.Errorf("customize: %w", err)
 	}
 	// Documentation, package lists and caches are dead weight in every sandbox.
