@@ -197,6 +197,7 @@ func (c *Client) Process(sb Sandbox, user string) processconnect.ProcessClient {
 type RunResult struct {
 	Stdout, Stderr string
 	ExitCode       int32
+	Status         string // envd's, e.g. "exit status 1", "signal: killed"
 	Elapsed        time.Duration
 }
 
@@ -220,7 +221,7 @@ func (c *Client) Run(ctx context.Context, pc processconnect.ProcessClient, cmd s
 			errb.Write(d.GetStderr())
 		}
 		if end := ev.GetEnd(); end != nil {
-			r := RunResult{Stdout: out.String(), Stderr: errb.String(), ExitCode: end.GetExitCode(), Elapsed: time.Since(t0)}
+			r := RunResult{Stdout: out.String(), Stderr: errb.String(), ExitCode: end.GetExitCode(), Status: end.GetStatus(), Elapsed: time.Since(t0)}
 			if r.ExitCode != 0 {
 				return r, fmt.Errorf("%s exited %d: %s", cmd, r.ExitCode, strings.TrimSpace(r.Stderr))
 			}

@@ -17,7 +17,7 @@ import (
 )
 
 // Phases of the suite, selectable with Config.Only.
-var Phases = []string{"create", "first", "exec", "compute", "files", "disk", "pause", "density", "codeinterp", "baseline"}
+var Phases = []string{"create", "first", "exec", "compute", "files", "disk", "pause", "killall", "density", "codeinterp", "baseline"}
 
 // Config configures a run of the suite.
 type Config struct {
@@ -157,7 +157,7 @@ func runRuntime(ctx context.Context, cfg *Config, rep *Report, rt string) error 
 	}
 	for _, p := range []phase{
 		{"create", benchCreate}, {"first", benchFirst}, {"exec", benchExec}, {"compute", benchCompute},
-		{"files", benchFiles}, {"disk", benchDisk}, {"pause", benchPause}, {"density", benchDensity},
+		{"files", benchFiles}, {"disk", benchDisk}, {"pause", benchPause}, {"killall", benchKillAll}, {"density", benchDensity},
 		{"codeinterp", benchCodeInterpreter},
 	} {
 		if !cfg.want(p.name) || ctx.Err() != nil {
@@ -295,6 +295,68 @@ func benchFirst(ctx context.Context, cfg *Config, rep *Report, t *target) error 
 	rep.add(msResult("create.first_exec", t.rt, t.accel, createFirst))
 	rep.add(msResult("exec.first", t.rt, t.accel, first))
 	rep.add(msResult("exec.second", t.rt, t.accel, second))
+	// Where the first exec's time goes: the login shell itself, timed
+	// inside by the guest's clock (a warm loop, as the snapshot's warm-up
+	// leaves it), against the round trip above.
+	sb, err := t.c.Create(ctx, cfg.Template, 300)
+	if err != nil {
+		return err
+	}
+	defer t.c.Kill(context.WithoutCancel(ctx), sb.ID)
+	const loops = 20
+	r, err := t.c.Run(ctx, t.c.Process(sb, "user"), "/bin/bash", "-c",
+		`a=$(date +%s%N); for i in $(seq `+strconv.Itoa(loops)+`); do /bin/bash -l -c true; done; b=$(date +%s%N); echo $(( (b-a)/`+strconv.Itoa(loops)+` ))`)
+	if err != nil {
+		return err
+	}
+	ns, err := strconv.ParseFloat(strings.TrimSpace(r.Stdout), 64)
+	if err != nil {
+		return fmt.Errorf("in-sandbox timing %q: %w", r.Stdout, err)
+	}
+	rep.add(scalar("exec.bash_l_c_true.in_sandbox", t.rt, t.accel, "ms", ns/1e6,
+		"/bin/bash -l -c true inside the sandbox as user (mean of a loop of 20, guest clock): the login shell's share of exec.first"))
+	return nil
+}
+
+// benchKillAll: bad input, `sudo kill -9 -1` as user (root kills every
+// process it may): the command must end at once with an error (its shell
+// is killed), envd must live (it is PID 1, which kill -1 spares) and the
+// next command must run. Three sandboxes; the end and the next exec are
+// timed.
+func benchKillAll(ctx context.Context, cfg *Config, rep *Report, t *target) error {
+	var end, next Samples
+	status := ""
+	for range 3 {
+		sb, err := t.c.Create(ctx, cfg.Template, 300)
+		if err != nil {
+			return err
+		}
+		pc := t.c.Process(sb, "user")
+		if _, err := t.c.Run(ctx, pc, "/bin/bash", "-c", "nohup sleep 600 >/dev/null 2>&1 &"); err != nil {
+			_ = t.c.Kill(ctx, sb.ID)
+			return err
+		}
+		r, err := t.c.Run(ctx, pc, "/bin/bash", "-l", "-c", "sudo kill -9 -1")
+		if r.Elapsed == 0 { // no end event: a failed request, not a killed shell
+			_ = t.c.Kill(ctx, sb.ID)
+			return fmt.Errorf("kill -9 -1: %w", err)
+		}
+		end, status = append(end, r.Elapsed), r.Status
+		r, err = t.c.Run(ctx, pc, "/bin/true")
+		if kerr := t.c.Kill(ctx, sb.ID); err == nil {
+			err = kerr
+		}
+		if err != nil {
+			return fmt.Errorf("the command after kill -9 -1: %w", err)
+		}
+		next = append(next, r.Elapsed)
+	}
+	e := msResult("killall.end", t.rt, t.accel, end)
+	e.Note = "sudo kill -9 -1 to its end event (" + status + ")"
+	rep.add(e)
+	n := msResult("killall.next_exec", t.rt, t.accel, next)
+	n.Note = "process.Start of /bin/true right after it: the sandbox lives"
+	rep.add(n)
 	return nil
 }
 
