@@ -12,15 +12,16 @@ import (
 
 	"github.com/cocoon-run/cocoon/internal/template/codeinterp"
 	"github.com/cocoon-run/cocoon/internal/template/dockerfile"
+	"github.com/cocoon-run/cocoon/internal/template/steps"
 )
 
 // codeInterpreterArg is the argument of `cocoon template build
 // code-interpreter`.
 const codeInterpreterArg = "code-interpreter"
 
-// runCodeInterpreterBuild builds code-interpreter-deps, then
-// code-interpreter-v1 from it, on a running server (the two Dockerfiles of
-// internal/template/codeinterp, with binary as the server). A rebuild with
+// runCodeInterpreterBuild builds code-interpreter-base, -deps and -v1 in
+// turn on a running server (the Dockerfiles of internal/template/codeinterp,
+// with binary as the server). A rebuild with
 // unchanged inputs hits the server's cache for both.
 func runCodeInterpreterBuild(ctx context.Context, f *customFlags, binary string, out, errOut io.Writer) error {
 	if f.apiKey == "" {
@@ -46,11 +47,12 @@ func runCodeInterpreterBuild(ctx context.Context, f *customFlags, binary string,
 	}
 	start := time.Now()
 	for _, t := range []struct{ name, dockerfile string }{
+		{codeinterp.BaseName, codeinterp.BaseDockerfile},
 		{codeinterp.DepsName, codeinterp.DepsDockerfile},
 		{codeinterp.Name, codeinterp.Dockerfile},
 	} {
 		res, err := dockerfile.Parse(strings.NewReader(t.dockerfile), dockerfile.Options{IsTemplate: func(ref string) bool {
-			return ref == codeinterp.DepsName || dockerfile.DefaultIsTemplate(ref)
+			return ref == codeinterp.BaseName || ref == codeinterp.DepsName || dockerfile.DefaultIsTemplate(ref)
 		}})
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
@@ -58,6 +60,9 @@ func runCodeInterpreterBuild(ctx context.Context, f *customFlags, binary string,
 		spec, uploads, err := dockerfileRequest(res, ctxDir)
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		if spec.Steps == nil {
+			spec.Steps = []steps.Step{} // the API wants a list, even empty
 		}
 		spec.Force = f.force
 		cpu, mem := f.cpuCount, f.memoryMB

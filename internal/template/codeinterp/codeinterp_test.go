@@ -13,8 +13,12 @@ func TestDockerfilesParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if deps.Spec.FromTemplate != "base" || len(deps.Spec.Steps) == 0 || deps.Spec.StartCmd != "" {
+	if deps.Spec.FromTemplate != BaseName || len(deps.Spec.Steps) == 0 || deps.Spec.StartCmd != "" {
 		t.Fatalf("deps: %+v", deps.Spec)
+	}
+	b, err := dockerfile.Parse(strings.NewReader(BaseDockerfile), dockerfile.Options{})
+	if err != nil || b.Spec.FromTemplate != "base" || len(b.Spec.Steps) != 0 {
+		t.Fatalf("base: %v %+v", err, b)
 	}
 	top, err := dockerfile.Parse(strings.NewReader(Dockerfile), dockerfile.Options{})
 	if err != nil {

@@ -2,7 +2,7 @@
 # own (code-interpreter-deps) so that a change of the server rebuilds only
 # the small top layer (Dockerfile), not this one. All from Debian bookworm;
 # node-typescript (67 MB) lets the TypeScript contexts strip types.
-FROM base
+FROM code-interpreter-base
 USER root
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       python3-ipykernel python3-jupyter-client python3-numpy python3-pandas python3-matplotlib \
