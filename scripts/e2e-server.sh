@@ -184,14 +184,15 @@ for combo in $matrix; do
 	fi
 	# The code interpreter (@e2b/code-interpreter) once, on the default
 	# runtime: `cocoon template build code-interpreter` inside the test. Its
-	# slow layer (code-interpreter-deps: Debian's Python data stack) is kept
-	# across runs in $base/codeinterp-cache (hard links, the newest only).
+	# slow layer (code-interpreter-deps: Debian's Python data stack, ≈ 13 min
+	# of apt under gVisor on a loaded host) is kept across runs in
+	# $base/codeinterp-cache/layers (hard links, the newest only; its key
+	# does not depend on the database). Snapshots are not kept: they name
+	# the data dir's paths.
 	if [[ "$rt" == gvisor && "$db" == sqlite && "$rc" == 0 && "$subset" == full ]]; then
 		log "running tests/e2e/codeinterp.test.mjs ($rt, $db)"
 		ci_cache="$base/codeinterp-cache"
-		for kind in layers custom; do
-			if [[ -d "$ci_cache/$kind" ]]; then mkdir -p "$d/templates/$kind" && cp -al "$ci_cache/$kind/." "$d/templates/$kind/"; fi
-		done
+		if [[ -d "$ci_cache/layers" ]]; then mkdir -p "$d/templates/layers" && cp -al "$ci_cache/layers/." "$d/templates/layers/"; fi
 		(
 			unset E2B_DOMAIN E2B_DEBUG
 			# shellcheck disable=SC1091
@@ -201,14 +202,12 @@ for combo in $matrix; do
 		) 2>&1 | tee -a "$d/test.log"
 		rc=${PIPESTATUS[0]}
 		if [[ "$rc" == 0 ]]; then
-			rm -rf "$ci_cache.new" && mkdir -p "$ci_cache.new/layers" "$ci_cache.new/custom"
-			for kind in layers custom; do
-				# code-interpreter-deps: ipykernel installed, no server binary yet.
-				newest=$(ls -td "$d/templates/$kind"/*/ 2>/dev/null | while read -r t; do
-					[[ -d "$t/rootfs/usr/lib/python3/dist-packages/ipykernel" && ! -e "$t/rootfs/usr/local/bin/code-interpreter" ]] && echo "$t"
-				done | head -n1)
-				[[ -n "$newest" ]] && cp -al "${newest%/}" "$ci_cache.new/$kind/"
-			done
+			rm -rf "$ci_cache.new" && mkdir -p "$ci_cache.new/layers"
+			# code-interpreter-deps: ipykernel installed, no server binary yet.
+			newest=$(ls -td "$d/templates/layers"/*/ 2>/dev/null | while read -r t; do
+				[[ -d "$t/rootfs/usr/lib/python3/dist-packages/ipykernel" && ! -e "$t/rootfs/usr/local/bin/code-interpreter" ]] && echo "$t"
+			done | head -n1)
+			[[ -n "$newest" ]] && cp -al "${newest%/}" "$ci_cache.new/layers/"
 			rm -rf "$ci_cache" && mv "$ci_cache.new" "$ci_cache"
 		fi
 	fi
