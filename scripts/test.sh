@@ -20,6 +20,9 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 
+step "sdk/go (its own module): vet and unit tests (-count=3, ≈ 3 s)"
+(cd sdk/go && go vet ./... && go test -count=3 ./...)
+
 step "runtimes: runsc for gVisor (built once into \$COCOON_TEST_DATA_DIR/bin)"
 "$COCOON_BIN" setup --data-dir "$COCOON_TEST_DATA_DIR"
 export COCOON_RUNSC="$COCOON_TEST_DATA_DIR/bin/runsc"
