@@ -3,6 +3,7 @@ package orchestrator_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -147,4 +148,45 @@ func hostOOMKills(rel string) int {
 		}
 	}
 	return 0
+}
+
+// TestMachineKillAll: `sudo kill -9 -1` (root kills every process it may)
+// ends its command at once with a kill, not a hung request; envd, the
+// sandbox's PID 1, which kill -1 spares, lives: the next command runs and
+// PID 1 reaps the orphans; Kill then leaves no host process behind.
+func TestMachineKillAll(t *testing.T) {
+	e := need(t)
+	e.each(t, func(t *testing.T, rt string) {
+		o := e.newOrchestrator(t)
+		sb := e.create(t, o, rt, 1)[0]
+		ctx := context.Background()
+		if got := mustRun(t, sb.Address, "cat /proc/1/comm"); got != "envd" {
+			t.Errorf("PID 1 is %q, want envd", got)
+		}
+		mustRun(t, sb.Address, "nohup sleep 3600 >/dev/null 2>&1 & echo $! > /home/user/sleep.pid")
+		t0 := time.Now()
+		r, err := run(ctx, sb.Address, testToken, "sudo kill -9 -1; echo survived")
+		if err != nil {
+			t.Fatalf("kill -9 -1: %v (after %v), want an end event", err, time.Since(t0))
+		}
+		t.Logf("kill -9 -1 ended in %v: exit %d stdout %q", time.Since(t0).Round(time.Millisecond), r.ExitCode, r.Stdout)
+		if r.ExitCode != -1 || strings.Contains(r.Stdout, "survived") {
+			t.Errorf("kill -9 -1: exit %d stdout %q; want its shell killed (exit -1)", r.ExitCode, r.Stdout)
+		}
+		if got := mustRun(t, sb.Address, "kill -0 $(cat /home/user/sleep.pid) 2>/dev/null || echo gone"); got != "gone" {
+			t.Errorf("the background sleep after kill -9 -1: %q, want gone", got)
+		}
+		// Orphans are reaped (the killed sudo's kill): no zombie stays
+		// once PID 1 had up to 5 s.
+		if got := mustRun(t, sb.Address, "for i in $(seq 50); do [ $(ps -eo stat= | grep -c '^Z') = 0 ] && break; sleep 0.1; done; ps -eo stat= | grep -c '^Z' || true"); got != "0" {
+			t.Errorf("%s zombies in the sandbox, want 0", got)
+		}
+		dir := filepath.Join(e.nodeDir, "sandboxes", sb.ID)
+		if err := o.Kill(ctx, sb.ID, true); err != nil {
+			t.Fatalf("kill: %v", err)
+		}
+		if left := waitGone(dir, 5*time.Second); len(left) != 0 {
+			t.Errorf("processes %v of the sandbox survived Kill", left)
+		}
+	})
 }
