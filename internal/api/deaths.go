@@ -123,6 +123,7 @@ func (s *Server) sandboxDied(ctx context.Context, id, node, reason string) {
 		return
 	}
 	s.logger.WarnContext(ctx, "sandbox died", "sandbox", id, "node", node, "reason", reason)
+	s.emit(ctx, sb, store.EventKilled, "died: "+reason)
 }
 
 // OnDeath registers f to be told about every sandbox found dead (by the

@@ -405,6 +405,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) (err erro
 		return fmt.Errorf("record created sandbox: %w", err)
 	}
 	s.logger.InfoContext(ctx, "sandbox created", "sandbox", sb.ID, "team", team, "template", tpl.ID, "node", nodeID)
+	s.emit(ctx, sb, store.EventCreated, "")
 	writeJSON(w, http.StatusCreated, s.sandboxReply(sb))
 	return nil
 }
@@ -603,6 +604,10 @@ func (s *Server) kill(ctx context.Context, sb store.Sandbox, final store.Sandbox
 	if _, err := s.store.SetSandboxState(context.WithoutCancel(ctx), sb.ID, nil, final, reason); err != nil {
 		return fmt.Errorf("record killed sandbox %s: %w", sb.ID, err)
 	}
+	if reason == "" {
+		reason = "request"
+	}
+	s.emit(ctx, sb, store.EventKilled, reason)
 	return nil
 }
 
@@ -652,7 +657,7 @@ func (s *Server) moveDeadline(w http.ResponseWriter, r *http.Request, next func(
 	if _, err := s.lookup(r.Context(), id); err != nil {
 		return err
 	}
-	_, err := store.Modify(r.Context(), s.store, id, func(sb *store.Sandbox) error {
+	sb, err := store.Modify(r.Context(), s.store, id, func(sb *store.Sandbox) error {
 		if _, ok := publicState(sb.State); !ok {
 			return notFound(id)
 		}
@@ -662,6 +667,7 @@ func (s *Server) moveDeadline(w http.ResponseWriter, r *http.Request, next func(
 	if err != nil {
 		return fmt.Errorf("set sandbox timeout: %w", err)
 	}
+	s.emit(r.Context(), sb, store.EventUpdated, "")
 	noContent(w)
 	return nil
 }
@@ -724,6 +730,7 @@ func (s *Server) pause(ctx context.Context, sb store.Sandbox) (err error) {
 		return fmt.Errorf("record paused sandbox: %w", err)
 	}
 	s.logger.InfoContext(ctx, "sandbox paused", "sandbox", sb.ID)
+	s.emit(ctx, sb, store.EventPaused, "")
 	return nil
 }
 
@@ -860,6 +867,7 @@ func (s *Server) resume(ctx context.Context, sb store.Sandbox, timeout time.Dura
 		return sb, fmt.Errorf("record resumed sandbox: %w", err)
 	}
 	s.logger.InfoContext(ctx, "sandbox resumed", "sandbox", sb.ID, "node", nodeID)
+	s.emit(ctx, sb, store.EventResumed, "")
 	return sb, nil
 }
 

@@ -79,6 +79,15 @@ type Config struct {
 	MaxMemoryMB int
 	// Metrics receives the api's Prometheus observations; nil: none.
 	Metrics *metrics.API
+	// WebhookPoll is how often queued webhook deliveries are looked at
+	// besides each new event (1 s); WebhookTimeout bounds one attempt
+	// (10 s); a failed attempt is retried after WebhookBackoff (1 s),
+	// doubling, at most 5 min apart, WebhookMaxAttempts times in all (20:
+	// about an hour and a half).
+	WebhookPoll        time.Duration
+	WebhookTimeout     time.Duration
+	WebhookBackoff     time.Duration
+	WebhookMaxAttempts int
 }
 
 func (c *Config) setDefaults() {
@@ -96,6 +105,12 @@ func (c *Config) setDefaults() {
 	def(&c.NodeTimeout, 2*time.Minute)
 	def(&c.BuildTimeout, 30*time.Minute)
 	def(&c.ReadyTimeout, 2*time.Minute)
+	def(&c.WebhookPoll, time.Second)
+	def(&c.WebhookTimeout, 10*time.Second)
+	def(&c.WebhookBackoff, time.Second)
+	if c.WebhookMaxAttempts <= 0 {
+		c.WebhookMaxAttempts = 20
+	}
 	if c.MaxUploadBytes <= 0 {
 		c.MaxUploadBytes = 512 << 20
 	}
@@ -150,6 +165,10 @@ type Server struct {
 	deathMu    sync.Mutex
 	onDeath    []func(id, reason string)
 	watching   map[string]bool // nodes whose Watch stream is followed (deathMu)
+
+	clock       eventClock    // lifecycle event times
+	deliver     chan struct{} // wakes the webhook deliverer
+	webhookHTTP *http.Client
 }
 
 // New builds the api over st and nodes.
@@ -176,6 +195,9 @@ func New(cfg Config, st store.Store, nodes NodeSet, logger *slog.Logger) (*Serve
 		mux:    http.NewServeMux(),
 
 		started: time.Now(),
+
+		deliver:     make(chan struct{}, 1),
+		webhookHTTP: &http.Client{},
 	}
 	if cfg.RateLimit > 0 {
 		s.limit = newRateLimiter(cfg.RateLimit, cfg.RateBurst, time.Now)
@@ -237,6 +259,7 @@ func (s *Server) Run(ctx context.Context) error {
 	loop(s.cfg.LifecycleInterval, "expire", s.expire)
 	loop(s.cfg.MetricsInterval, "sample metrics", s.sampleMetrics)
 	loop(s.cfg.ReconcileInterval, "reconcile", s.reconcile)
+	wg.Go(func() { s.deliverLoop(ctx) })
 	wg.Wait()
 	return nil
 }
@@ -279,6 +302,14 @@ func (s *Server) registerRoutes() error {
 		{"GET", "/sandboxes/{sandboxID}/metrics", authKey, s.sandboxMetrics},
 		{"GET", "/sandboxes/{sandboxID}/logs", authKey, s.sandboxLogs},
 		{"GET", "/v2/sandboxes/{sandboxID}/logs", authKey, s.sandboxLogsV2},
+
+		{"GET", "/events/sandboxes", authKey, s.listEvents},
+		{"GET", "/events/sandboxes/{sandboxID}", authKey, s.listEvents},
+		{"GET", "/events/webhooks", authKey, s.listWebhooks},
+		{"POST", "/events/webhooks", authKey, s.createWebhook},
+		{"GET", "/events/webhooks/{webhookID}", authKey, s.getWebhook},
+		{"PATCH", "/events/webhooks/{webhookID}", authKey, s.updateWebhook},
+		{"DELETE", "/events/webhooks/{webhookID}", authKey, s.deleteWebhook},
 
 		{"GET", "/templates", authKey, s.listTemplates},
 		{"GET", "/templates/{templateID}", authKey, s.getTemplate},

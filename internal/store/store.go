@@ -40,6 +40,9 @@ type Store interface {
 	// The fleet's orchestrator nodes (nodes.go).
 	NodeRegistry
 
+	// Lifecycle events and webhooks (events.go).
+	EventStore
+
 	// Teams.
 	CreateTeam(ctx context.Context, t Team) error
 	GetTeam(ctx context.Context, id string) (Team, error)

@@ -36,6 +36,7 @@ func TestStore(t *testing.T) {
 		{"TemplateFiles", testTemplateFiles},
 		{"Metrics", testMetrics},
 		{"SecretsAtRest", testSecretsAtRest},
+		{"Events", testEvents},
 	}
 	run := func(t *testing.T, b backend) {
 		for _, c := range suite {
