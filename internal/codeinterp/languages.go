@@ -16,8 +16,9 @@ import (
 var pythonStartup []byte
 
 // kernelStartTimeout bounds a kernel's start (ipykernel with numpy, pandas
-// and matplotlib imported: ≈ 1.5 s on the host, ≈ 2.5 s under gVisor).
-const kernelStartTimeout = 60 * time.Second
+// and matplotlib imported: ≈ 1.5 s on a quiet host, 15 s at load average
+// 18, and more than 60 s at load average 40 on this 2-core host).
+const kernelStartTimeout = 3 * time.Minute
 
 // Python is the Python language on ipykernel: python is the interpreter,
 // tmp a private directory for connection files and the start-up script.
