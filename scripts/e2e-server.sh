@@ -138,7 +138,7 @@ for combo in $matrix; do
 	tb=$(($(date +%s) - tb0))
 
 	args=("$bin" server --data-dir "$d" --runtime "$rt" --accel "$accel" --listen "127.0.0.1:$api_port"
-		--proxy-listen "127.0.0.1:$proxy_port" "${netflags[@]}" "${dbflags[@]}")
+		--proxy-listen "127.0.0.1:$proxy_port" --metrics-addr "127.0.0.1:$((api_port + 2))" "${netflags[@]}" "${dbflags[@]}")
 	"${args[@]}" >>"$d/server.log" 2>&1 &
 	server_pid=$!
 	disown "$server_pid" # the restart test kill -9s it: no job notice
@@ -210,6 +210,19 @@ for combo in $matrix; do
 			[[ -n "$newest" ]] && cp -al "${newest%/}" "$ci_cache.new/layers/"
 			rm -rf "$ci_cache" && mv "$ci_cache.new" "$ci_cache"
 		fi
+	fi
+	# Prometheus (Debian's) scrapes the server: counts after creates and
+	# kills, and the dashboard's and alert rules' metrics (issue 15; ≈ 10 s).
+	if [[ "$rt" == gvisor && "$db" == sqlite && "$rc" == 0 ]]; then
+		log "running tests/metrics with Prometheus ($rt, $db)"
+		(
+			unset E2B_DOMAIN E2B_DEBUG
+			# shellcheck disable=SC1091
+			source "$d/sdk.env"
+			export COCOON_METRICS_E2E=1 COCOON_METRICS_URL="http://127.0.0.1:$((api_port + 2))/metrics"
+			go test -count=1 -timeout 5m ./tests/metrics
+		) 2>&1 | tee -a "$d/test.log"
+		rc=${PIPESTATUS[0]}
 	fi
 	# sdk/go, the `cocoon sandbox` CLI (tmux drives its shell) and the
 	# README's examples, once, on the default runtime, in both subsets

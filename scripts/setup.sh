@@ -16,6 +16,7 @@ packages=(
 	iproute2 nftables iptables   # network slots
 	runc                         # the container baseline of the benchmarks
 	postgresql                   # the PostgreSQL store tests
+	prometheus                   # the metrics e2e scrapes cocoon server (tests/metrics)
 	ca-certificates procps psmisc
 )
 missing=()
@@ -29,6 +30,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	# The test setup starts its own PostgreSQL clusters; the packaged one is not needed.
 	if systemctl is-active --quiet postgresql 2>/dev/null; then systemctl stop postgresql || true; fi
+	# Likewise Prometheus: tests/metrics starts its own.
+	if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
 fi
 
 if [ -f tests/e2e/package-lock.json ]; then

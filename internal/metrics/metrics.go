@@ -97,6 +97,12 @@ func NewAPI(reg prometheus.Registerer, count SandboxCounter) *API {
 		}, []string{"result"}),
 	}
 	reg.MustRegister(m.ops, m.requests, m.builds, m.events, m.webhooks)
+	// Series with bounded labels start at zero, so that a scrape shows
+	// them before the first build or delivery (and rate() sees the first).
+	for _, r := range []string{OK, Error} {
+		m.builds.WithLabelValues(r)
+		m.webhooks.WithLabelValues(r)
+	}
 	if count != nil {
 		reg.MustRegister(&sandboxCollector{count: count, desc: prometheus.NewDesc(
 			"cocoon_sandboxes", "Sandboxes in the store by state.", []string{"state"}, nil)})

@@ -32,7 +32,7 @@ func TestOnePerProcess(t *testing.T) {
 	st.Query("GetSandbox", time.Now(), nil)
 	for name, want := range map[string]int{
 		"cocoon_sandbox_operation_duration_seconds": 1, "cocoon_sandboxes": 1, "cocoon_node_sandboxes": 1,
-		"cocoon_warm_pool_size": 1, "cocoon_node_vcpus": 2, "cocoon_node_disk_bytes": 2, "cocoon_proxy_errors_total": 1,
+		"cocoon_warm_pool_size": 1, "cocoon_node_vcpus": 2, "cocoon_node_disk_bytes": 2, "cocoon_proxy_errors_total": 8,
 		"cocoon_store_query_duration_seconds": 1, "go_goroutines": 1, "cocoon_api_request_duration_seconds": 1,
 	} {
 		n, err := testutil.GatherAndCount(reg, name)

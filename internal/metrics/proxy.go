@@ -35,6 +35,11 @@ func NewProxy(reg prometheus.Registerer) *Proxy {
 		}, []string{"kind"}),
 	}
 	reg.MustRegister(m.requests, m.bytes, m.errors)
+	for _, k := range []string{"bad_route", "limited", "dead", "not_found", "paused", "unreachable", "upstream", "denied"} {
+		m.errors.WithLabelValues(k)
+	}
+	m.bytes.WithLabelValues("in")
+	m.bytes.WithLabelValues("out")
 	return m
 }
 
