@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"sort"
@@ -42,6 +43,28 @@ func (f *sandboxFlags) connect(ctx context.Context, id string) (*cocoon.Sandbox,
 		return nil, err
 	}
 	return c.Connect(ctx, id, 0)
+}
+
+// attached calls try with sandbox id attached without an API call, and
+// again after a connect when that is what it needs (paused, or its envd
+// wants the access token): exec's common case saves an API round trip
+// (docs/decisions.md).
+func (f *sandboxFlags) attached(ctx context.Context, id string, try func(*cocoon.Sandbox) error) error {
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	err = try(c.Attach(id, ""))
+	var auth *cocoon.AuthError
+	var ae *cocoon.APIError
+	if !errors.As(err, &auth) && !(errors.As(err, &ae) && ae.Status == http.StatusConflict) {
+		return err
+	}
+	sb, err := c.Connect(ctx, id, 0)
+	if err != nil {
+		return err
+	}
+	return try(sb)
 }
 
 // print writes v as JSON with --json, else calls text.
@@ -129,6 +152,7 @@ func newSandboxCreateCmd(f *sandboxFlags) *cobra.Command {
 		md, envs   []string
 		noInternet bool
 		autoPause  bool
+		secure     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create",
@@ -139,7 +163,7 @@ func newSandboxCreateCmd(f *sandboxFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			opts := cocoon.CreateOptions{Template: template, Timeout: timeout, AutoPause: autoPause}
+			opts := cocoon.CreateOptions{Template: template, Timeout: timeout, AutoPause: autoPause, Secure: secure}
 			if opts.Metadata, err = pairs(md); err != nil {
 				return err
 			}
@@ -165,6 +189,7 @@ func newSandboxCreateCmd(f *sandboxFlags) *cobra.Command {
 	fl.StringArrayVarP(&envs, "env", "e", nil, "environment variable KEY=VALUE of every command (repeatable)")
 	fl.BoolVar(&noInternet, "no-internet", false, "cut the sandbox off the internet")
 	fl.BoolVar(&autoPause, "auto-pause", false, "pause instead of kill at the timeout")
+	fl.BoolVar(&secure, "secure", false, "envd requires the sandbox's access token (the CLI gets it by connecting)")
 	return cmd
 }
 
@@ -271,19 +296,19 @@ standard input is sent to the command.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			sb, err := f.connect(ctx, args[0])
-			if err != nil {
-				return err
-			}
 			opts := &cocoon.RunOptions{Cwd: cwd, User: user, Stdin: stdin, Timeout: timeout,
 				OnStdout: func(b []byte) { cmd.OutOrStdout().Write(b) },
 				OnStderr: func(b []byte) { cmd.ErrOrStderr().Write(b) }}
+			var err error
 			if opts.Envs, err = pairs(envs); err != nil {
 				return err
 			}
 			line := strings.Join(args[1:], " ")
-			h, err := sb.Commands.Start(ctx, line, opts)
-			if err != nil {
+			var h *cocoon.CommandHandle
+			if err := f.attached(ctx, args[0], func(sb *cocoon.Sandbox) (err error) {
+				h, err = sb.Commands.Start(ctx, line, opts)
+				return err
+			}); err != nil {
 				return err
 			}
 			if stdin {

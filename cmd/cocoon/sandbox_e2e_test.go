@@ -192,6 +192,13 @@ func TestSandboxCLI(t *testing.T) {
 		t.Fatalf("kill: %+v", kills)
 	}
 
+	// A secure sandbox: exec attaches, is refused, connects for the token.
+	cliJSON(t, &created, "create", "--timeout", "2m", "--secure")
+	if out, errOut, code := cli(t, nil, "exec", created.SandboxID, "--", "echo secure"); out != "secure\n" || code != 0 {
+		t.Fatalf("exec in a secure sandbox: %q exit %d: %s", out, code, errOut)
+	}
+	cli(t, nil, "kill", created.SandboxID)
+
 	// Bad input: an unknown sandbox, a bad key, no server.
 	for _, args := range [][]string{{"info", id}, {"exec", id, "true"}, {"kill", id}} {
 		if _, errOut, code := cli(t, nil, args...); code != 1 || !strings.Contains(errOut, "not found") {

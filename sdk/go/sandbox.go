@@ -167,6 +167,15 @@ func (c *Client) Connect(ctx context.Context, id string, timeout time.Duration) 
 	return c.newSandbox(r), nil
 }
 
+// Attach returns a handle to the running sandbox id without an API call:
+// the cheapest way to reach one whose ID is known. Calls through it fail
+// with an *AuthError when the sandbox requires its envd access token
+// (created with Secure; Connect returns it) and with an *APIError of
+// Status 409 when it is paused (Connect resumes it).
+func (c *Client) Attach(id, envdAccessToken string) *Sandbox {
+	return c.newSandbox(sandboxReply{SandboxID: id, EnvdAccessToken: envdAccessToken})
+}
+
 // Resume resumes the paused sandbox id (a running one is left as it is).
 func (c *Client) Resume(ctx context.Context, id string, timeout time.Duration) (*Sandbox, error) {
 	return c.Connect(ctx, id, timeout)
