@@ -106,20 +106,22 @@ func (o *Orchestrator) ResolveTemplate(ctx context.Context, ref string) (string,
 	return dir, nil
 }
 
-// snapshotted tells whether the template in dir has a snapshot for every
-// runtime of this node.
+// snapshotted tells whether the template in dir has a snapshot for a
+// runtime of this node (the one it was built for, or the default one it was
+// fetched for); a node without runtimes has nothing to snapshot.
 func (o *Orchestrator) snapshotted(dir string) bool {
 	t, err := base.Load(dir)
-	return err == nil && allSnapshots(t, o.nodeRuntimes())
+	return err == nil && (len(o.cfg.Runtimes) == 0 || len(o.snapshotRuntimes(t)) > 0)
 }
 
-func (o *Orchestrator) nodeRuntimes() []string {
-	names := make([]string, 0, len(o.cfg.Runtimes))
-	for name := range o.cfg.Runtimes {
-		names = append(names, name)
+// fetchRuntimes are the runtimes a fetched template is snapshotted for:
+// the node's default (a node that can run QEMU under TCG as well as gVisor
+// would spend minutes on a snapshot no create asks for).
+func (o *Orchestrator) fetchRuntimes() []string {
+	if o.cfg.Default == "" {
+		return nil
 	}
-	slices.Sort(names)
-	return names
+	return []string{o.cfg.Default}
 }
 
 // fetchTemplate makes the custom template key on this node: its files from
@@ -127,7 +129,7 @@ func (o *Orchestrator) nodeRuntimes() []string {
 // fewer runtimes), then its snapshots.
 func (o *Orchestrator) fetchTemplate(ctx context.Context, ref, key string) error {
 	start := time.Now()
-	names := o.nodeRuntimes()
+	names := o.fetchRuntimes()
 	dir, hit, err := cache.Ensure(ctx, o.templateRoot(), customKind, key, func(ctx context.Context, dir string) error {
 		if o.cfg.FetchTemplate == nil {
 			return fmt.Errorf("not on this node, and the node is in no fleet to fetch it from: %w", ErrNotFound)
