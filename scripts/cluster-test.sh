@@ -5,6 +5,8 @@
 #   two `cocoon proxy --fleet`, three `cocoon orchestrator` nodes (gVisor),
 #   each with its own data dir, network prefix and pool, heartbeating to the
 #   api. The nodes share the host's network namespace (see docs/fleet.md).
+#   Beside it one `cocoon server` on the same base build, the single-node
+#   figure the fleet's create p50 is compared with.
 #
 #   make build && scripts/cluster-test.sh        (or: make cluster-test)
 #
@@ -22,6 +24,7 @@ d="$base/cluster"
 export COCOON_PG_DIR="${COCOON_PG_DIR_CLUSTER:-/tmp/cocoon-pg-cluster}"
 export COCOON_PG_PORT="${COCOON_PG_PORT_CLUSTER:-55434}"
 api_port=3960
+single_port=3966
 proxy_ports=(3961 3962)
 node_ids=(n1 n2 n3)
 
@@ -33,17 +36,17 @@ pids=()
 pg_started=""
 leftovers() {
 	ps -eo pid=,args= | grep -F -- "$d/" | grep -v -e grep -e cluster-test.sh | sed 's/^/  process: /'
-	for i in 1 2 3; do
+	for i in 1 2 3 4; do
 		ip netns list 2>/dev/null | awk -v p="clu$i-" 'index($1, p) == 1 {print "  netns: " $1}'
 		ip -o link show 2>/dev/null | awk -F': ' -v p="clu$i-" 'index($2, p) == 1 {print "  link: " $2}'
 	done
-	for n in "${node_ids[@]}"; do
+	for n in "${node_ids[@]}" single; do
 		[[ -d "$d/$n/sandboxes" ]] && find "$d/$n/sandboxes" -mindepth 1 -maxdepth 1 | sed 's/^/  sandbox dir: /'
 	done
 }
 force_clean() {
 	for pid in $(ps -eo pid=,args= | grep -F -- "$d/" | grep -v -e grep -e cluster-test.sh | awk '{print $1}'); do kill -9 "$pid" 2>/dev/null; done
-	for i in 1 2 3; do
+	for i in 1 2 3 4; do
 		for ns in $(ip netns list 2>/dev/null | awk -v p="clu$i-" 'index($1, p) == 1 {print $1}'); do ip netns del "$ns" 2>/dev/null; done
 		for l in $(ip -o link show 2>/dev/null | awk -F': ' -v p="clu$i-" 'index($2, p) == 1 {sub(/@.*/, "", $2); print $2}'); do ip link del "$l" 2>/dev/null; done
 	done
@@ -91,7 +94,10 @@ done
 for i in 0 1; do
 	# Every proxy shares the api's database and secrets key.
 	mkdir -p "$d/proxy$i" && cp "$d/api/secrets.key" "$d/proxy$i/"
-	"$bin" proxy --fleet --db "$db" --proxy-listen "127.0.0.1:${proxy_ports[$i]}" --data-dir "$d/proxy$i" >"$d/proxy$i.log" 2>&1 &
+	# COCOON_PROXY1_BIN: another build for the second proxy (before/after figures).
+	pbin="$bin"
+	[[ $i == 1 ]] && pbin="${COCOON_PROXY1_BIN:-$bin}"
+	"$pbin" proxy --fleet --db "$db" --proxy-listen "127.0.0.1:${proxy_ports[$i]}" --data-dir "$d/proxy$i" >"$d/proxy$i.log" 2>&1 &
 	pids+=($!)
 done
 
@@ -112,6 +118,17 @@ for i in 1 2 3; do
 done
 nodes_json+="}"
 
+# One box (`cocoon server`, SQLite) beside the fleet on the same base build:
+# the create p50 through the fleet is compared with it in the same run.
+sd="$d/single"
+mkdir -p "$sd/templates/base" "$sd/bin"
+echo "$tdir" >"$sd/templates/base/current"
+cp -al "$n1/bin/." "$sd/bin/"
+"$bin" server --data-dir "$sd" --listen "127.0.0.1:$single_port" --proxy-listen "127.0.0.1:$((single_port + 1))" \
+	--runtime gvisor --install-runsc=false --net-prefix clu4 --net-pool 10.244.0.0/16 --prewarm 1 --node-id single \
+	--metrics-addr "" >"$d/single.log" 2>&1 &
+pids+=($!)
+
 log "running tests/e2e/cluster.test.mjs"
 (
 	# shellcheck disable=SC1091
@@ -119,7 +136,10 @@ log "running tests/e2e/cluster.test.mjs"
 	export E2B_API_KEY COCOON_BIN="$bin" COCOON_CLUSTER_API="http://127.0.0.1:$api_port"
 	export COCOON_CLUSTER_PROXIES="[\"http://127.0.0.1:${proxy_ports[0]}\",\"http://127.0.0.1:${proxy_ports[1]}\"]"
 	export COCOON_CLUSTER_NODES="$nodes_json" COCOON_CLUSTER_DSN="$db" COCOON_CLUSTER_PSQL="$psql"
-	cd tests/e2e && timeout 1200 node --test --test-reporter=spec cluster.test.mjs
+	export COCOON_CLUSTER_SINGLE="$sd/sdk.env"
+	# COCOON_CLUSTER_ONLY: a --test-name-pattern (a subset, by hand).
+	cd tests/e2e && timeout 1200 node --test --test-reporter=spec \
+		${COCOON_CLUSTER_ONLY:+--test-name-pattern "$COCOON_CLUSTER_ONLY"} cluster.test.mjs
 ) 2>&1 | tee "$d/test.log"
 rc=${PIPESTATUS[0]}
 
