@@ -9,21 +9,15 @@ package metrics_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"testing"
-	"time"
 
 	"github.com/cocoon-run/cocoon/deploy/monitoring"
+	"github.com/cocoon-run/cocoon/internal/metrics/promtest"
 )
 
 type env struct {
@@ -69,136 +63,9 @@ func (e env) call(t *testing.T, method, path string, body any, want int, out any
 	}
 }
 
-// prometheus runs Debian's prometheus scraping target every 500 ms and
-// returns its URL.
-func startPrometheus(t *testing.T, target string) string {
-	t.Helper()
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		t.Fatal("prometheus is not installed (scripts/setup.sh installs it)")
-	}
-	u, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfg := fmt.Sprintf("global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\nscrape_configs:\n  - job_name: cocoon\n    metrics_path: %s\n    static_configs:\n      - targets: [%q]\n", u.Path, u.Host)
-	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
-		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
-	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "prometheus.log"))
-			t.Logf("prometheus log (tail):\n%s", tail(string(b), 2000))
-		}
-	})
-	return "http://" + addr
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
-// queryErr runs an instant query and returns Prometheus's error, if any.
-func queryErr(prom, q string) (int, error) {
-	resp, err := http.Get(prom + "/api/v1/query?query=" + url.QueryEscape(q))
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var r struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return 0, err
-	}
-	if r.Status != "success" {
-		return 0, fmt.Errorf("prometheus: %s", r.Error)
-	}
-	return resp.StatusCode, nil
-}
-
-// query runs an instant PromQL query; ok is false when it has no sample.
-func query(t *testing.T, prom, q string) (v float64, ok bool) {
-	t.Helper()
-	resp, err := http.Get(prom + "/api/v1/query?query=" + url.QueryEscape(q))
-	if err != nil {
-		return 0, false // not up yet
-	}
-	defer resp.Body.Close()
-	var r struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-		Data   struct {
-			Result []struct {
-				Value [2]any `json:"value"`
-			} `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		t.Fatalf("query %s: %v", q, err)
-	}
-	if r.Status != "success" {
-		t.Fatalf("query %s: %s", q, r.Error)
-	}
-	if len(r.Data.Result) == 0 {
-		return 0, false
-	}
-	s, _ := r.Data.Result[0].Value[1].(string)
-	v, err = strconv.ParseFloat(s, 64)
-	return v, err == nil
-}
-
-// eventually polls cond (every 250 ms, for up to a minute: Prometheus
-// scrapes every 500 ms) until it holds.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		ok, got := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still %s after a minute", what, got)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
-// scalar is query with 0 for no sample.
-func scalar(t *testing.T, prom, q string) float64 {
-	v, _ := query(t, prom, q)
-	return v
-}
-
 func TestPrometheusScrapesCounts(t *testing.T) {
 	e := setup(t)
-	prom := startPrometheus(t, e.metrics)
-	eventually(t, "the first scrape", func() (bool, string) {
-		v, ok := query(t, prom, `up{job="cocoon"}`)
-		return ok && v == 1, fmt.Sprintf("up=%v (present %v)", v, ok)
-	})
+	prom := promtest.Start(t, e.metrics)
 	const (
 		creates = `sum(cocoon_sandbox_operation_duration_seconds_count{operation="create",result="ok"})`
 		kills   = `sum(cocoon_sandbox_operation_duration_seconds_count{operation="kill",result="ok"})`
@@ -207,7 +74,7 @@ func TestPrometheusScrapesCounts(t *testing.T) {
 	)
 	// The server may have served other tests: counts are compared with
 	// what Prometheus saw before.
-	c0, k0, r0, n0 := scalar(t, prom, creates), scalar(t, prom, kills), scalar(t, prom, running), scalar(t, prom, node)
+	c0, k0, r0, n0 := prom.Scalar(creates), prom.Scalar(kills), prom.Scalar(running), prom.Scalar(node)
 	var ids []string
 	for range 3 {
 		var sb struct {
@@ -232,15 +99,15 @@ func TestPrometheusScrapesCounts(t *testing.T) {
 		q    string
 		want float64
 	}{{creates, c0 + 3}, {kills, k0 + 2}, {running, r0 + 1}, {node, n0 + 3}} {
-		eventually(t, c.q, func() (bool, string) {
-			v := scalar(t, prom, c.q)
+		prom.Eventually(c.q, func() (bool, string) {
+			v := prom.Scalar(c.q)
 			return v == c.want, fmt.Sprintf("%v, want %v", v, c.want)
 		})
 	}
 	// The latency histogram has buckets: its median is a positive duration.
 	p50 := `histogram_quantile(0.5, sum by (le) (cocoon_sandbox_operation_duration_seconds_bucket{operation="create"}))`
-	eventually(t, p50, func() (bool, string) {
-		v, ok := query(t, prom, p50)
+	prom.Eventually(p50, func() (bool, string) {
+		v, ok := prom.Query(p50)
 		return ok && v > 0 && v < 60, fmt.Sprintf("%v (present %v)", v, ok)
 	})
 	// Bounded labels: no series names a sandbox.
@@ -262,7 +129,7 @@ func TestPrometheusScrapesCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ex := range exprs {
-		if _, err := queryErr(prom, ex); err != nil {
+		if _, _, err := prom.QueryErr(ex); err != nil {
 			t.Errorf("%q: %v", ex, err)
 		}
 		for _, name := range monitoring.MetricNames(ex) {
@@ -271,8 +138,8 @@ func TestPrometheusScrapesCounts(t *testing.T) {
 			}
 		}
 	}
-	v, _ := query(t, prom, p50)
+	v, _ := prom.Query(p50)
 	t.Logf("create p50 from the histogram: %.3f s; go_goroutines=%v, store GetSandbox calls=%v", v,
-		scalar(t, prom, `go_goroutines{job="cocoon"}`),
-		scalar(t, prom, `sum(cocoon_store_query_duration_seconds_count{method="GetSandbox"})`))
+		prom.Scalar(`go_goroutines{job="cocoon"}`),
+		prom.Scalar(`sum(cocoon_store_query_duration_seconds_count{method="GetSandbox"})`))
 }
