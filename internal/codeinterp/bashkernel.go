@@ -71,14 +71,11 @@ type bashKernel struct {
 	dir  string
 	env  []string
 
-	mu   sync.Mutex // one execution at a time
-	life sync.Mutex
-	proc *exec.Cmd
-	in   io.WriteCloser
-	dead chan struct{}
-	seq  int
-	gen  int
-	cur  *jsRun
+	mu sync.Mutex // one execution at a time
+	kernelProcess
+	in  io.WriteCloser // guarded by life
+	seq int
+	cur *jsRun
 }
 
 func (k *bashKernel) start() error {
@@ -261,26 +258,4 @@ func (k *bashKernel) Restart(context.Context) error {
 func (k *bashKernel) restart() error {
 	k.stop()
 	return k.start()
-}
-
-func (k *bashKernel) stop() {
-	k.life.Lock()
-	proc, dead := k.proc, k.dead
-	k.life.Unlock()
-	if proc == nil {
-		return
-	}
-	_ = syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
-	<-dead
-}
-
-func (k *bashKernel) Generation() int {
-	k.life.Lock()
-	defer k.life.Unlock()
-	return k.gen
-}
-
-func (k *bashKernel) Close() error {
-	k.stop()
-	return nil
 }

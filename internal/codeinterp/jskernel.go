@@ -68,14 +68,11 @@ type jsKernel struct {
 	dir  string
 	env  []string
 
-	mu   sync.Mutex // one execution at a time
-	life sync.Mutex
-	proc *exec.Cmd
-	in   io.WriteCloser
-	dead chan struct{}
-	seq  int
-	gen  int
-	cur  *jsRun // the running execution
+	mu sync.Mutex // one execution at a time
+	kernelProcess
+	in  io.WriteCloser // guarded by life
+	seq int
+	cur *jsRun // the running execution
 }
 
 // jsRun is one execution's event channel; done ends its delivery.
@@ -278,27 +275,4 @@ func (k *jsKernel) restart(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, kernelStartTimeout)
 	defer cancel()
 	return k.start(ctx)
-}
-
-func (k *jsKernel) stop() {
-	k.life.Lock()
-	proc, dead := k.proc, k.dead
-	k.life.Unlock()
-	if proc == nil {
-		return
-	}
-	_ = syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
-	<-dead
-}
-
-// Generation counts the kernel's starts.
-func (k *jsKernel) Generation() int {
-	k.life.Lock()
-	defer k.life.Unlock()
-	return k.gen
-}
-
-func (k *jsKernel) Close() error {
-	k.stop()
-	return nil
 }

@@ -28,15 +28,12 @@ type jupyterKernel struct {
 	tmp  string   // where connection files go
 	env  []string
 
-	mu      sync.Mutex // one execution at a time
-	life    sync.Mutex // guards the fields below across restarts
-	proc    *exec.Cmd
-	dead    chan struct{}
-	shell   *zconn
+	mu sync.Mutex // one execution at a time
+	kernelProcess
+	shell   *zconn // these four are guarded by life too
 	iopub   *zconn
 	key     []byte
 	session string
-	gen     int
 
 	routes sync.Map // parent msg_id → *route
 }
@@ -424,31 +421,7 @@ func (k *jupyterKernel) Restart(ctx context.Context) error {
 
 func (k *jupyterKernel) restart(ctx context.Context) error {
 	k.stop()
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, kernelStartTimeout)
 	defer cancel()
 	return k.start(ctx)
-}
-
-func (k *jupyterKernel) stop() {
-	k.life.Lock()
-	proc, dead := k.proc, k.dead
-	k.life.Unlock()
-	if proc == nil {
-		return
-	}
-	_ = syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
-	<-dead
-}
-
-// Generation counts the kernel's starts.
-func (k *jupyterKernel) Generation() int {
-	k.life.Lock()
-	defer k.life.Unlock()
-	return k.gen
-}
-
-// Close stops the kernel.
-func (k *jupyterKernel) Close() error {
-	k.stop()
-	return nil
 }
