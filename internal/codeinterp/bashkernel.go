@@ -108,10 +108,12 @@ func (k *bashKernel) start() error {
 		close(dead)
 	}()
 	k.life.Lock()
-	k.proc, k.in, k.dead = cmd, in, dead
-	k.gen++
+	err = k.setLocked(cmd, dead)
+	if err == nil {
+		k.in = in
+	}
 	k.life.Unlock()
-	return nil
+	return err
 }
 
 func (k *bashKernel) deliver(ev jsEvent) {

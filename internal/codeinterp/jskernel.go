@@ -126,9 +126,14 @@ func (k *jsKernel) start(ctx context.Context) error {
 		close(dead)
 	}()
 	k.life.Lock()
-	k.proc, k.in, k.dead = cmd, in, dead
-	k.gen++
+	err = k.setLocked(cmd, dead)
+	if err == nil {
+		k.in = in
+	}
 	k.life.Unlock()
+	if err != nil {
+		return err
+	}
 	select {
 	case <-ready:
 		return nil

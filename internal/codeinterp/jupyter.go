@@ -156,9 +156,16 @@ func (k *jupyterKernel) start(ctx context.Context) error {
 		return fail(err)
 	}
 	k.life.Lock()
-	k.proc, k.dead, k.shell, k.iopub, k.key, k.session = cmd, dead, shell, iopub, []byte(key), randHex(16)
-	k.gen++
+	err = k.setLocked(cmd, dead)
+	if err == nil {
+		k.shell, k.iopub, k.key, k.session = shell, iopub, []byte(key), randHex(16)
+	}
 	k.life.Unlock()
+	if err != nil {
+		shell.Close()
+		iopub.Close()
+		return fail(err)
+	}
 	go k.read(shell, dead)
 	go k.read(iopub, dead)
 

@@ -1,6 +1,7 @@
 package codeinterp
 
 import (
+	"errors"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -15,6 +16,25 @@ type kernelProcess struct {
 	proc *exec.Cmd
 	dead chan struct{} // closed once proc has exited and was waited for
 	gen  int           // starts so far
+	// closed is set by Close: a start that races it (a restart after an
+	// interrupt runs on its own) kills what it started instead of
+	// leaving a kernel no one will stop.
+	closed bool
+}
+
+// errKernelClosed is what a start that raced Close returns.
+var errKernelClosed = errors.New("the kernel was closed")
+
+// setLocked records a started process; the caller holds life. After Close
+// it kills the process and returns errKernelClosed.
+func (p *kernelProcess) setLocked(cmd *exec.Cmd, dead chan struct{}) error {
+	if p.closed {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		return errKernelClosed
+	}
+	p.proc, p.dead = cmd, dead
+	p.gen++
+	return nil
 }
 
 // stop kills the kernel's process group and waits for its end.
@@ -36,8 +56,11 @@ func (p *kernelProcess) Generation() int {
 	return p.gen
 }
 
-// Close stops the kernel.
+// Close stops the kernel; a start under way when it is called stops too.
 func (p *kernelProcess) Close() error {
+	p.life.Lock()
+	p.closed = true
+	p.life.Unlock()
 	p.stop()
 	return nil
 }
