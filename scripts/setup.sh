@@ -17,6 +17,7 @@ packages=(
 	runc                         # the container baseline of the benchmarks
 	postgresql                   # the PostgreSQL store tests
 	prometheus                   # the metrics e2e scrapes cocoon server (tests/metrics)
+	tmux                         # drives `cocoon sandbox shell` in its e2e test
 	ca-certificates procps psmisc
 )
 missing=()
