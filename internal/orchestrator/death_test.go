@@ -146,11 +146,13 @@ func TestDeathOOM(t *testing.T) {
 		events, stop := o.Subscribe()
 		defer stop()
 		// tail holds its one endless line in memory. Under gVisor envd's
-		// OOM killer would end tail and keep the sandbox (issue 13), so
-		// there the memory is a tmpfs's, which no kill gives back.
+		// OOM killer would end the hog and keep the sandbox (issue 13), so
+		// there the memory is a tmpfs's, which no kill gives back, and the
+		// writer is exempt from envd's killer (oom_score_adj -1000, which
+		// dd inherits): only the host's OOM killer can end it.
 		hog := "head -c 1000000000 /dev/zero | tail > /dev/null"
 		if rt == gvisor.Name {
-			hog = "sudo mkdir -p /mnt/ram && sudo mount -t tmpfs -o size=2g ram /mnt/ram && sudo dd if=/dev/zero of=/mnt/ram/fill bs=1M count=1000"
+			hog = "sudo sh -c 'echo -1000 > /proc/self/oom_score_adj && mkdir -p /mnt/ram && mount -t tmpfs -o size=2g ram /mnt/ram && dd if=/dev/zero of=/mnt/ram/fill bs=1M count=1000'"
 		}
 		res, err := run(ctx, sb.Address, testToken, hog)
 		t.Logf("memory hog: %+v, %v", res, err)

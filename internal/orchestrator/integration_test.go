@@ -214,7 +214,7 @@ func TestBrokenGuestQuotesConsole(t *testing.T) {
 				t.Fatal(err)
 			}
 		case gvisor.Name:
-			// A root tree without an init or envd.
+			// A root tree without envd, the container's init.
 			bad.RootfsDir = filepath.Join(dir, "rootfs")
 			if err := os.MkdirAll(filepath.Join(bad.RootfsDir, "etc"), 0o755); err != nil {
 				t.Fatal(err)
@@ -237,7 +237,7 @@ func TestBrokenGuestQuotesConsole(t *testing.T) {
 		// console (QEMU), runsc's report of the container's start (gVisor).
 		want := map[string][]string{
 			vmm.Name:    {"console tail", "initramfs: cannot mount", "Kernel panic"},
-			gvisor.Name: {"/usr/bin/tini: no such file or directory"},
+			gvisor.Name: {"/usr/local/bin/envd: no such file or directory"}, // envd is the container's process (PID 1)
 		}[rt]
 		for _, w := range want {
 			if !strings.Contains(err.Error(), w) {
